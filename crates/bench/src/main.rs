@@ -1,0 +1,257 @@
+//! `levee-bench`: the load generator, the bare baseline server and the suite that compares Levee
+//! with both. See the crate documentation of `levee_bench` for what each measures.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Parser, Subcommand};
+use hyper::Method;
+use levee_bench::load::{self, ConnectionMode, LoadConfig};
+use levee_bench::suite::{self, SuiteConfig};
+use levee_bench::target::UrlTemplate;
+use levee_bench::{bare, report};
+
+/// The longest duration any option accepts, in seconds, so that a typo cannot start a run that
+/// never ends.
+const DURATION_S_MAX: f64 = 24.0 * 3_600.0;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "levee-bench",
+    version,
+    about = "Measures Levee's HTTP server against baselines measured in the same run."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sends load to one URL on this machine and prints the request rate and latencies.
+    Load(LoadArgs),
+    /// Serves the bare baseline: 200 and `green_state` to every request. Prints the bound address
+    /// on the first line of stdout.
+    Bare(BareArgs),
+    /// Measures Levee against the bare server and StateService's figures, and prints the ratios.
+    Suite(SuiteArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// The URL, on a loopback address; `{i}` in it is replaced by each connection's index, so that
+    /// each client can hit its own machine (`/machines/m{i}/state?state=s`).
+    #[arg(long)]
+    url: String,
+    /// The request method.
+    #[arg(long, default_value = "GET", value_parser = ["GET", "PUT"])]
+    method: String,
+    /// Concurrent connections, each sending its next request as soon as it has an answer.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// The measured time, in seconds.
+    #[arg(long, default_value_t = suite::DURATION_S_DEFAULT)]
+    duration_s: f64,
+    /// Load sent before the measured time and not measured, in seconds.
+    #[arg(long, default_value_t = suite::WARMUP_S_DEFAULT)]
+    warmup_s: f64,
+    /// Open a new connection per request and send `Connection: close`, as StateService's
+    /// server forces; without it, each connection is kept alive.
+    #[arg(long)]
+    close: bool,
+    /// Statuses that count as answers, comma-separated; a state check's 200 and 406 both do.
+    #[arg(long, value_delimiter = ',', default_value = "200")]
+    expect: Vec<u16>,
+    /// The most requests one connection sends.
+    #[arg(long, default_value_t = load::REQUESTS_PER_CONNECTION_MAX_DEFAULT)]
+    requests_per_connection_max: u64,
+    /// How long one request may take before it counts as an error, in seconds.
+    #[arg(long, default_value_t = load::REQUEST_TIMEOUT_S_DEFAULT as f64)]
+    timeout_s: f64,
+    /// Threads the connections are spread over, each with its own event loop [default: one per
+    /// core].
+    #[arg(long)]
+    client_threads: Option<usize>,
+    /// The server's process id, to report its CPU time per request.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct BareArgs {
+    /// The loopback address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Stop after this many seconds.
+    #[arg(long, default_value_t = bare::LIFETIME_S_DEFAULT as f64)]
+    lifetime_s: f64,
+    /// Stop when standard input closes: the suite uses it so the server never outlives it.
+    #[arg(long)]
+    exit_on_stdin_eof: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct SuiteArgs {
+    /// Levee's binary, normally target/release/levee.
+    #[arg(long)]
+    levee: Option<PathBuf>,
+    /// The measured time per case, in seconds [default: 5, or 1 with --quick].
+    #[arg(long)]
+    duration_s: Option<f64>,
+    /// The warm-up before each case, in seconds [default: 1, or 0.2 with --quick].
+    #[arg(long)]
+    warmup_s: Option<f64>,
+    /// A short smoke run for CI: 1 s per case and fewer machines for the memory figures.
+    #[arg(long)]
+    quick: bool,
+    /// Machines to create for the memory figures [default: 100000, or 10000 with --quick].
+    #[arg(long)]
+    memory_machines: Option<usize>,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: could not start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The chain of causes, without a backtrace: these errors are for the person running
+            // the benchmark, not for debugging it.
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Load(args) => run_load(args).await,
+        Command::Bare(args) => {
+            ensure!(
+                args.listen.ip().is_loopback(),
+                "the bare server listens on loopback addresses only"
+            );
+            bare::run_process(
+                args.listen,
+                seconds("--lifetime-s", args.lifetime_s)?,
+                args.exit_on_stdin_eof,
+            )
+            .await
+        }
+        Command::Suite(args) => run_suite(args).await,
+    }
+}
+
+async fn run_load(args: LoadArgs) -> Result<()> {
+    let method = match args.method.as_str() {
+        "PUT" => Method::PUT,
+        _ => Method::GET,
+    };
+    let config = LoadConfig {
+        connection_mode: if args.close {
+            ConnectionMode::Close
+        } else {
+            ConnectionMode::KeepAlive
+        },
+        warmup: seconds_or_zero("--warmup-s", args.warmup_s)?,
+        expected_statuses: args.expect.clone(),
+        requests_per_connection_max: args.requests_per_connection_max,
+        request_timeout: seconds("--timeout-s", args.timeout_s)?,
+        server_pid: args.server_pid,
+        client_threads: args
+            .client_threads
+            .unwrap_or_else(load::client_threads_default),
+        ..LoadConfig::new(
+            UrlTemplate::parse(&args.url)?,
+            method,
+            args.concurrency,
+            seconds("--duration-s", args.duration_s)?,
+        )
+    };
+    let result = load::run(&config).await?;
+    print!("{}", report::load_summary(&result, &args.expect));
+    if let Some(path) = &args.json {
+        write_json(path, &result)?;
+    }
+    Ok(())
+}
+
+async fn run_suite(args: SuiteArgs) -> Result<()> {
+    let (duration_s_default, warmup_s_default, memory_machines_default) = if args.quick {
+        (
+            suite::QUICK_DURATION_S,
+            suite::QUICK_WARMUP_S,
+            suite::QUICK_MEMORY_MACHINES,
+        )
+    } else {
+        (
+            suite::DURATION_S_DEFAULT,
+            suite::WARMUP_S_DEFAULT,
+            suite::MEMORY_MACHINES_DEFAULT,
+        )
+    };
+    let config = SuiteConfig {
+        levee_binary: args.levee,
+        bare_executable: std::env::current_exe()
+            .context("could not find this benchmark's own executable")?,
+        duration: seconds(
+            "--duration-s",
+            args.duration_s.unwrap_or(duration_s_default),
+        )?,
+        warmup: seconds_or_zero("--warmup-s", args.warmup_s.unwrap_or(warmup_s_default))?,
+        memory_machines: args.memory_machines.unwrap_or(memory_machines_default),
+    };
+    let report = suite::run(&config).await?;
+    print!("{}", report::suite_tables(&report));
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    if !report.problems.is_empty() {
+        bail!(
+            "the suite met {} problem(s), listed above",
+            report.problems.len()
+        );
+    }
+    Ok(())
+}
+
+fn write_json(path: &PathBuf, value: &impl serde::Serialize) -> Result<()> {
+    let json = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, json + "\n").with_context(|| format!("could not write {}", path.display()))
+}
+
+/// A positive duration of at most [`DURATION_S_MAX`] seconds.
+fn seconds(option: &str, value_s: f64) -> Result<Duration> {
+    ensure!(
+        value_s > 0.0 && value_s <= DURATION_S_MAX,
+        "{option} must be more than 0 and at most {DURATION_S_MAX} seconds, not {value_s}"
+    );
+    Ok(Duration::from_secs_f64(value_s))
+}
+
+/// Like [`seconds`], but zero is allowed.
+fn seconds_or_zero(option: &str, value_s: f64) -> Result<Duration> {
+    if value_s == 0.0 {
+        Ok(Duration::ZERO)
+    } else {
+        seconds(option, value_s)
+    }
+}

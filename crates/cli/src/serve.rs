@@ -1,0 +1,99 @@
+//! `levee serve`: opens the store, loads the app, binds, and serves until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use levee_server::{App, AppOptions, SystemClock};
+use levee_store::{DynStore, SqliteStore};
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on. Anything but loopback requires tokens to exist.
+    #[arg(long, env = "LEVEE_LISTEN", default_value = "127.0.0.1:7400")]
+    pub listen: SocketAddr,
+    /// `sqlite://PATH` (a file, created if missing) or `postgres://...`.
+    #[arg(long, env = "LEVEE_DATABASE", default_value = "sqlite://levee.db")]
+    pub database: String,
+    /// Serve this state machine file at `/state` (StateService's format or `kind: StateMachine`).
+    #[arg(long)]
+    pub machine: Option<PathBuf>,
+}
+
+pub async fn open_store(url: &str) -> anyhow::Result<DynStore> {
+    if url.starts_with("sqlite:") {
+        let store = SqliteStore::open_url(url)
+            .await
+            .with_context(|| format!("cannot open the store at {url}"))?;
+        Ok(Arc::new(store))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        anyhow::bail!("PostgreSQL stores are not available in this version yet; use sqlite://PATH")
+    } else {
+        anyhow::bail!("unknown database URL `{url}`: use sqlite://PATH or postgres://...")
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let store = open_store(&args.database).await?;
+    let app = App::open(store, Arc::new(SystemClock), AppOptions::default()).await?;
+    if let Some(path) = &args.machine {
+        let file = path.display().to_string();
+        let content = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the machine file {file}"))?;
+        let id = app.serve_machine_file(&file, &content).await?;
+        tracing::info!(machine = %id, file = %file, "serving the machine at /state");
+    }
+    if !app.auth.required() {
+        if !args.listen.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to serve on {} without authentication: anyone who can reach it could \
+                 change state. Create an admin token first:\n  levee token create admin --role \
+                 admin --database {}\nthen restart, or listen on 127.0.0.1 for a local trial",
+                args.listen,
+                args.database
+            );
+        }
+        tracing::warn!(
+            "authentication is off (no tokens exist): anyone on this machine can change state; \
+             create one with `levee token create NAME --role admin --database {}`",
+            args.database
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(
+        address = %format!("http://{local}"),
+        store = %args.database,
+        machines = app.cached_count(),
+        "Levee is serving"
+    );
+    levee_server::serve(listener, app, shutdown_signal()).await
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

@@ -1,0 +1,51 @@
+//! Levee's definitions: serde types for the YAML users write, loading with source locations,
+//! validation, and the compiled forms the engine consumes.
+//!
+//! This crate does no I/O: callers hand it text and a [`LoadContext`] (the clock and the local
+//! time zone), and get back either compiled definitions or [`Diagnostic`]s that name file, line
+//! and column.
+//!
+//! - [`load_documents`] (and [`load_documents_with_warnings`]) reads a file of `---`-separated
+//!   native definitions (`kind: StateMachine`, more kinds to come) and reports every problem
+//!   it finds, each with a stable code such as `unknown-key` or `unknown-state`.
+//! - [`stateservice::load`] reads Facebook StateService's `current_state` / `states` file.
+//! - [`schema::state_machine_schema`] is the JSON Schema editors use to check files as they are
+//!   written; it is generated from the same serde types that parse them.
+//! - [`parse_duration_ms`] and [`names`] are the shapes of durations and names, for other
+//!   crates that accept them (URLs, CLI arguments).
+//!
+//! Loading runs in two steps (see `yaml.rs` and `de.rs`): the YAML parser builds a tree of
+//! nodes that remember their line and column, then serde types are read from that tree by a
+//! deserializer that records every error where it happened and carries on.
+
+pub mod diagnostic;
+pub mod load;
+pub mod machine;
+pub mod names;
+pub mod schema;
+pub mod stateservice;
+pub mod time;
+
+mod de;
+mod state_machine;
+mod yaml;
+
+pub use diagnostic::{Diagnostic, Severity};
+pub use load::{
+    Definition, LoadContext, Loaded, known_kinds, load_documents, load_documents_with_warnings,
+};
+pub use machine::{
+    CompatCounter, DEFAULT_EVENT, DefFormat, EventTransition, Guard, MachineDef, StateDef, Timer,
+};
+pub use time::{parse_duration_ms, parse_instant_ms};
+pub use yaml::{MAX_YAML_DEPTH, MAX_YAML_NODES};
+
+/// Largest definition file accepted, in bytes. Bigger files are refused before parsing so a
+/// mistaken `levee apply` of a log file cannot exhaust memory.
+pub const MAX_DEFINITION_BYTES: usize = 1024 * 1024;
+/// Most states one machine may declare.
+pub const MAX_STATES: usize = 1_000;
+/// Most instances one definition may declare inline.
+pub const MAX_INLINE_INSTANCES: usize = 10_000;
+/// Largest `count` of an event transition (a barrier across this many reporters).
+pub const MAX_TRANSITION_COUNT: u32 = 100_000;

@@ -1,0 +1,261 @@
+//! Loading YAML definition files: several `---`-separated documents per file, each with `kind`
+//! and `name`.
+//!
+//! Loading reports every problem it can find in one pass, not only the first: a syntax error
+//! skips only its own document, an unknown key is reported and skipped, and a broken state,
+//! transition or guard is reported without hiding the others. Diagnostics point at the
+//! offending key or value, with lines counted from the top of the file (not of the document).
+//!
+//! Each document is dispatched on its `kind` (see `KINDS` in this module); adding a kind is adding one line
+//! there and a module that compiles it.
+
+use std::collections::HashMap;
+
+use crate::de::{Reader, UnknownKeys};
+use crate::machine::MachineDef;
+use crate::names;
+use crate::state_machine;
+use crate::yaml::{self, Loc, Node, abbreviate};
+use crate::{Diagnostic, MAX_DEFINITION_BYTES};
+
+/// What loading needs from the outside world, injected so loading stays pure.
+#[derive(Clone, Debug)]
+pub struct LoadContext {
+    /// "Now", epoch milliseconds: absolute timers before it are errors.
+    pub now_ms: i64,
+    /// Zone for timestamps written without an offset (StateService's `clock` values).
+    pub local_tz: jiff::tz::TimeZone,
+    /// Accept absolute timers in the past (a restart of a machine whose timer already fired).
+    pub allow_past_timers: bool,
+}
+
+impl LoadContext {
+    /// A context that refuses past timers.
+    pub fn new(now_ms: i64, local_tz: jiff::tz::TimeZone) -> Self {
+        LoadContext {
+            now_ms,
+            local_tz,
+            allow_past_timers: false,
+        }
+    }
+}
+
+/// One compiled document.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Definition {
+    StateMachine(MachineDef),
+}
+
+impl Definition {
+    /// The document's `kind`, such as `StateMachine`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Definition::StateMachine(_) => state_machine::KIND,
+        }
+    }
+
+    /// The document's `name`.
+    pub fn name(&self) -> &str {
+        match self {
+            Definition::StateMachine(machine) => &machine.name,
+        }
+    }
+
+    /// The state machine, if this is one.
+    pub fn as_state_machine(&self) -> Option<&MachineDef> {
+        match self {
+            Definition::StateMachine(machine) => Some(machine),
+        }
+    }
+
+    /// The state machine, if this is one.
+    pub fn into_state_machine(self) -> Option<MachineDef> {
+        match self {
+            Definition::StateMachine(machine) => Some(machine),
+        }
+    }
+}
+
+/// A file that loaded: its definitions in file order, and warnings worth showing (such as
+/// unreachable states), sorted by line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded {
+    pub definitions: Vec<Definition>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+type CompileFn = fn(&Node, &Reader, &LoadContext) -> Option<Definition>;
+
+/// Every kind of document, with the function that compiles it. The order is the order error
+/// messages list them in.
+pub(crate) const KINDS: &[(&str, CompileFn)] = &[(state_machine::KIND, compile_state_machine)];
+
+fn compile_state_machine(root: &Node, reader: &Reader, ctx: &LoadContext) -> Option<Definition> {
+    state_machine::compile(root, reader, ctx).map(Definition::StateMachine)
+}
+
+/// The kinds [`load_documents`] understands.
+pub fn known_kinds() -> impl Iterator<Item = &'static str> {
+    KINDS.iter().map(|(kind, _)| *kind)
+}
+
+/// Parses and validates every document of one file. On any error, returns all the errors
+/// found (not only the first), sorted by line; the vector also holds the warnings, which
+/// [`Diagnostic::is_error`] tells apart. Warnings alone do not fail: use
+/// [`load_documents_with_warnings`] to see them.
+pub fn load_documents(
+    file: &str,
+    source: &str,
+    ctx: &LoadContext,
+) -> Result<Vec<Definition>, Vec<Diagnostic>> {
+    load_documents_with_warnings(file, source, ctx).map(|loaded| loaded.definitions)
+}
+
+/// Like [`load_documents`], and on success also returns the warnings.
+pub fn load_documents_with_warnings(
+    file: &str,
+    source: &str,
+    ctx: &LoadContext,
+) -> Result<Loaded, Vec<Diagnostic>> {
+    if let Some(too_large) = check_size(file, source) {
+        return Err(vec![too_large]);
+    }
+    let parsed = yaml::parse_file(file, source);
+    let reader = Reader::new(file, UnknownKeys::Deny, state_machine::KEY_HINTS);
+    for diagnostic in parsed.diagnostics {
+        reader.push_diagnostic(diagnostic);
+    }
+    if parsed.documents.is_empty() && reader.error_count() == 0 {
+        reader.error(
+            Loc::FILE,
+            "empty-file",
+            "The file holds no definitions; add a document that starts with `kind: StateMachine` \
+             and `name: ...`.",
+        );
+    }
+    let mut names_seen: HashMap<(String, String), Loc> = HashMap::new();
+    let mut definitions = Vec::new();
+    for document in &parsed.documents {
+        if let Some(definition) = load_document(document, &reader, ctx, &mut names_seen) {
+            definitions.push(definition);
+        }
+    }
+    let diagnostics = sorted(reader.into_diagnostics());
+    if diagnostics.iter().any(Diagnostic::is_error) {
+        Err(diagnostics)
+    } else {
+        Ok(Loaded {
+            definitions,
+            warnings: diagnostics,
+        })
+    }
+}
+
+/// The `file-too-large` error, if `source` is over [`MAX_DEFINITION_BYTES`].
+pub(crate) fn check_size(file: &str, source: &str) -> Option<Diagnostic> {
+    (source.len() > MAX_DEFINITION_BYTES).then(|| {
+        Diagnostic::error(
+            file,
+            0,
+            0,
+            "file-too-large",
+            format!(
+                "The file is {} bytes; definition files may be at most {MAX_DEFINITION_BYTES} \
+                 bytes. Split it into several files.",
+                source.len()
+            ),
+        )
+    })
+}
+
+/// Sorts by line and column, keeping the order found for diagnostics at the same place.
+pub(crate) fn sorted(mut diagnostics: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    diagnostics.sort_by_key(|d| (d.line, d.column));
+    diagnostics
+}
+
+fn load_document(
+    document: &Node,
+    reader: &Reader,
+    ctx: &LoadContext,
+    names_seen: &mut HashMap<(String, String), Loc>,
+) -> Option<Definition> {
+    if document.as_mapping().is_none() {
+        reader.error(
+            document.loc,
+            "wrong-type",
+            format!(
+                "A definition must be a mapping that starts with `kind:` and `name:`, not {}.",
+                document.describe()
+            ),
+        );
+        return None;
+    }
+    let Some((_, kind_node)) = document.entry("kind") else {
+        match document.entry("current_state") {
+            Some((key, _)) => reader.error(
+                key.loc,
+                "stateservice-file",
+                "This is a StateService file (it has `current_state` and no `kind`), which \
+                 `levee apply` does not take: serve it with `levee serve --machine FILE`, or \
+                 rewrite it as a `kind: StateMachine` definition.",
+            ),
+            None => reader.error(
+                document.loc,
+                "missing-key",
+                format!(
+                    "This document has no `kind`; add one, such as `kind: StateMachine`. The \
+                     known kinds are {}.",
+                    names::list_of(known_kinds())
+                ),
+            ),
+        }
+        return None;
+    };
+    let Some(kind) = kind_node.as_str() else {
+        reader.error(
+            kind_node.loc,
+            "wrong-type",
+            format!(
+                "`kind` must be one of {}, not {}.",
+                names::list_of(known_kinds()),
+                kind_node.describe()
+            ),
+        );
+        return None;
+    };
+    let Some((_, compile)) = KINDS.iter().find(|(known, _)| *known == kind) else {
+        reader.error(
+            kind_node.loc,
+            "unknown-kind",
+            format!(
+                "Unknown kind `{}`.{} The known kinds are {}.",
+                abbreviate(kind),
+                names::did_you_mean(kind, known_kinds()),
+                names::list_of(known_kinds())
+            ),
+        );
+        return None;
+    };
+    if let Some(name_node) = document.get("name")
+        && let Some(name) = name_node.as_str()
+    {
+        let key = (kind.to_string(), name.to_string());
+        match names_seen.get(&key) {
+            Some(first) => reader.error(
+                name_node.loc,
+                "duplicate-definition",
+                format!(
+                    "A {kind} named `{}` is already defined on line {} of this file; rename or \
+                     remove one of them.",
+                    abbreviate(name),
+                    first.line
+                ),
+            ),
+            None => {
+                names_seen.insert(key, name_node.loc);
+            }
+        }
+    }
+    compile(document, reader, ctx)
+}

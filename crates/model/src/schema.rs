@@ -1,0 +1,46 @@
+//! JSON Schema for definitions, generated from the serde types that parse them, so editors
+//! check what the loader checks (key names, types, shapes, name patterns) as you type.
+//!
+//! The schema is kept in the repository at `schemas/state-machine.schema.json`; a test fails
+//! when it is out of date, and `LEVEE_UPDATE_SCHEMAS=1 cargo test -p levee-model` rewrites it.
+//! With the YAML language server (VS Code's YAML extension, Neovim, Helix, ...), point a file
+//! at it with a comment on its first line:
+//!
+//! ```yaml
+//! # yaml-language-server: $schema=../schemas/state-machine.schema.json
+//! kind: StateMachine
+//! name: three-tier-db
+//! states:
+//!   - name: installing
+//!     on: { done: serving }
+//!   - name: serving
+//!     final: true
+//! ```
+//!
+//! The schema cannot express everything the loader checks: that transition targets name
+//! states of the same machine, that names are unique, that durations are longer than zero and
+//! times in the future. `levee validate FILE` checks all of it.
+
+use schemars::generate::SchemaSettings;
+
+use crate::state_machine::StateMachineSpec;
+
+/// Where the state machine schema lives, relative to the repository root.
+pub const STATE_MACHINE_SCHEMA_PATH: &str = "schemas/state-machine.schema.json";
+
+/// The JSON Schema (draft 7, which every YAML language server supports) of a
+/// `kind: StateMachine` document.
+pub fn state_machine_schema() -> serde_json::Value {
+    let generator = SchemaSettings::draft07().for_deserialize().into_generator();
+    generator
+        .into_root_schema_for::<StateMachineSpec>()
+        .to_value()
+}
+
+/// The schema as written to [`STATE_MACHINE_SCHEMA_PATH`]: pretty-printed, with a final newline.
+pub fn state_machine_schema_text() -> String {
+    let mut text = serde_json::to_string_pretty(&state_machine_schema())
+        .unwrap_or_else(|error| format!("{{\"error\": \"{error}\"}}"));
+    text.push('\n');
+    text
+}

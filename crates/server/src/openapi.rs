@@ -1,0 +1,41 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+
+use utoipa::OpenApi;
+
+use crate::http::{api, compat, native};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Levee",
+        description = "Levee's HTTP API: StateService-compatible `/state`, native yes/no checks \
+                       at `/machines/{id}/state`, and the JSON API under `/api/v1/`. Errors are \
+                       JSON: `{\"error\": {\"code\": ..., \"message\": ...}}`."
+    ),
+    paths(
+        compat::get, compat::put, native::get, native::put,
+        api::whoami, api::apply_definitions, api::list_definitions, api::get_definition,
+        api::list_machines, api::create_machines, api::get_machine, api::post_event,
+        api::get_history, api::post_replay, api::list_audit, api::list_tokens, api::create_token,
+        api::revoke_token,
+    ),
+    components(schemas(
+        api::MachineView, api::ReplayView, api::HistoryView, api::DefinitionView, api::WhoAmI,
+        api::ApplyRequest, api::FileUpload, api::ApplyResponse, api::AppliedDefinition,
+        api::CreateMachinesRequest, api::CreateMachinesResponse, api::EventRequest,
+        api::EventResponse, api::AuditView, api::TokenView, api::CreateTokenRequest,
+        api::CreateTokenResponse, crate::machines::NewMachine, crate::auth::Role,
+    )),
+    tags(
+        (name = "stateservice", description = "Facebook StateService's endpoint, reproduced exactly"),
+        (name = "machines", description = "State machine instances"),
+        (name = "definitions", description = "YAML definitions"),
+        (name = "audit", description = "Who changed what"),
+        (name = "auth", description = "Tokens"),
+    )
+)]
+struct ApiDoc;
+
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

@@ -1,0 +1,1176 @@
+//! The behaviour every [`Store`] implementation must have, as runnable cases.
+//!
+//! Each case is a `pub async fn` that takes a fresh, empty store and panics on the first
+//! difference. [`conformance_tests!`](crate::conformance_tests) turns all of them into
+//! `#[tokio::test]`s for one constructor, so a new backend gets the whole suite with one line:
+//!
+//! ```no_run
+//! use levee_store::SqliteStore;
+//!
+//! /// A fresh database, and whatever must live as long as it (a temp dir; `()` if nothing).
+//! async fn fresh() -> (SqliteStore, tempfile::TempDir) {
+//!     let dir = tempfile::tempdir().unwrap();
+//!     (SqliteStore::open(&dir.path().join("levee.db")).await.unwrap(), dir)
+//! }
+//!
+//! levee_store::conformance_tests!(fresh);
+//! # fn main() {}
+//! ```
+//!
+//! The cases share nothing, so each may run on its own database in parallel with the others.
+//! They run on a multi-threaded runtime: the concurrency cases need real parallelism to find
+//! lost updates.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use levee_engine::machine::{catch_up, new_instance, report};
+use levee_engine::{Change, HistoryKind, MachineRecord, Refusal, Report};
+use levee_model::{DEFAULT_EVENT, DefFormat, EventTransition, MachineDef, StateDef, Timer};
+use serde_json::json;
+
+use crate::{
+    AuditEntry, AuditFilter, Error, MachineFilter, MachineOp, NewDefinition, OpOutcome, Store,
+    TokenRecord,
+};
+
+/// The clock every case uses: the store never reads the clock itself.
+pub const NOW_MS: i64 = 1_700_000_000_000;
+
+/// Concurrent callers in the lost-update cases, like a fleet of VMs reporting at once.
+pub const CONCURRENT_TASKS: usize = 64;
+
+/// Reports each concurrent caller sends in the lost-update cases.
+pub const REPORTS_PER_TASK: usize = 200;
+
+const STATE_MACHINE: &str = "StateMachine";
+
+/// Expands to one `#[tokio::test]` per conformance case, each on a fresh store from `$make`:
+/// an async fn returning `(store, guard)`, where `guard` is dropped after the case (a temp
+/// dir, a database to drop; `()` if nothing). Needs `tokio` (with `macros`) in the test crate.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:path) => {
+        $crate::conformance_tests!(@cases $make;
+            ping_and_backend,
+            apply_versions_definitions_by_digest,
+            apply_creates_machines_and_skips_existing,
+            run_applies_refuses_noops_and_not_found,
+            ops_in_one_call_see_each_other,
+            concurrent_reports_on_one_machine_lose_nothing,
+            concurrent_reports_on_many_machines_lose_nothing,
+            history_is_ordered_and_pages,
+            due_timers_are_earliest_first_and_limited,
+            audit_log_pages_and_filters,
+            tokens_create_look_up_and_revoke,
+            machines_filter_and_page_by_id,
+            panicking_decision_fails_only_its_call,
+            large_writes_commit_whole,
+            close_refuses_later_writes,
+        );
+    };
+    (@cases $make:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (store, guard) = $make().await;
+                $crate::conformance::$case(store).await;
+                drop(guard);
+            }
+        )*
+    };
+}
+
+fn state(name: &str, on: &[(&str, &str, u32)], timer: Option<Timer>, is_final: bool) -> StateDef {
+    StateDef {
+        name: name.to_string(),
+        description: None,
+        on: on
+            .iter()
+            .map(|(event, to, count)| EventTransition {
+                event: (*event).to_string(),
+                to: (*to).to_string(),
+                count: *count,
+            })
+            .collect(),
+        timer,
+        guards: Vec::new(),
+        is_final,
+        compat_counter: None,
+    }
+}
+
+fn machine_def(name: &str, states: Vec<StateDef>) -> MachineDef {
+    MachineDef {
+        name: name.to_string(),
+        description: None,
+        initial: states[0].name.clone(),
+        states,
+        instances: Vec::new(),
+        format: DefFormat::Native,
+    }
+}
+
+/// `a` → `b` → `c` (final), one report per step.
+pub fn linear_def(name: &str) -> MachineDef {
+    machine_def(
+        name,
+        vec![
+            state("a", &[(DEFAULT_EVENT, "b", 1)], None, false),
+            state("b", &[(DEFAULT_EVENT, "c", 1)], None, false),
+            state("c", &[], None, true),
+        ],
+    )
+}
+
+/// `wait` → `open` (final) after `count` reports: a barrier, or with a huge count, a counter.
+pub fn counting_def(name: &str, count: u32) -> MachineDef {
+    machine_def(
+        name,
+        vec![
+            state("wait", &[(DEFAULT_EVENT, "open", count)], None, false),
+            state("open", &[], None, true),
+        ],
+    )
+}
+
+/// `sleeping` → `awake` (final) when its timer fires `duration_ms` after entry, or on a report.
+pub fn timer_def(name: &str, duration_ms: u64) -> MachineDef {
+    machine_def(
+        name,
+        vec![
+            state(
+                "sleeping",
+                &[(DEFAULT_EVENT, "awake", 1)],
+                Some(Timer::After {
+                    duration_ms,
+                    to: "awake".to_string(),
+                }),
+                false,
+            ),
+            state("awake", &[], None, true),
+        ],
+    )
+}
+
+/// A definition to apply; `digest` stands in for the real content hash.
+pub fn new_definition(def: &MachineDef, digest: &str) -> NewDefinition {
+    NewDefinition {
+        kind: STATE_MACHINE.to_string(),
+        name: def.name.clone(),
+        compiled: serde_json::to_value(def).expect("a MachineDef encodes as JSON"),
+        source: format!("kind: StateMachine\nname: {}\n", def.name),
+        digest: digest.to_string(),
+        created_at_ms: NOW_MS,
+        created_by: "tester".to_string(),
+    }
+}
+
+/// An audit entry whose outcome the store fills in.
+pub fn audit_entry(actor: &str, action: &str, target: &str) -> AuditEntry {
+    AuditEntry {
+        at_ms: NOW_MS,
+        actor: actor.to_string(),
+        action: action.to_string(),
+        target: target.to_string(),
+        outcome: String::new(),
+        detail: json!({ "remote": "127.0.0.1" }),
+    }
+}
+
+/// A report of "the step of `state` is done" to `machine`, decided by the engine.
+pub fn report_op(
+    def: &Arc<MachineDef>,
+    machine: &str,
+    state: &str,
+    reporter: Option<&str>,
+    audit: Option<AuditEntry>,
+) -> MachineOp {
+    let def = Arc::clone(def);
+    let state = state.to_string();
+    let reporter = reporter.map(str::to_string);
+    MachineOp {
+        machine: machine.to_string(),
+        peers: def.guarded_machines(),
+        with_history: false,
+        decide: Box::new(move |ctx| {
+            let peers: HashMap<String, String> = ctx
+                .peers
+                .iter()
+                .map(|(id, r)| (id.clone(), r.state.clone()))
+                .collect();
+            let request = Report {
+                state: &state,
+                event: DEFAULT_EVENT,
+                reporter: reporter.as_deref(),
+                actor: "tester",
+                expect_version: None,
+            };
+            report(&def, ctx.record, &peers, &request, NOW_MS)
+        }),
+        audit,
+    }
+}
+
+/// An op whose decision only looks: it hands what it saw to `inspect` and changes nothing.
+fn inspect_op(
+    machine: &str,
+    peers: &[&str],
+    with_history: bool,
+    inspect: impl FnOnce(&crate::OpContext<'_>) + Send + 'static,
+) -> MachineOp {
+    MachineOp {
+        machine: machine.to_string(),
+        peers: peers.iter().map(|p| (*p).to_string()).collect(),
+        with_history,
+        decide: Box::new(move |ctx| {
+            inspect(ctx);
+            Ok(Change {
+                record: ctx.record.clone(),
+                history: Vec::new(),
+            })
+        }),
+        audit: None,
+    }
+}
+
+/// Stores `def` and creates its machines (ids with an optional group each).
+pub async fn create_machines<S: Store>(
+    store: &S,
+    def: &MachineDef,
+    machines: &[(&str, Option<&str>)],
+) {
+    let changes = machines
+        .iter()
+        .map(|(id, group)| new_instance(def, id, *group, NOW_MS, "tester"))
+        .collect();
+    store
+        .apply(
+            vec![new_definition(def, &format!("digest-of-{}", def.name))],
+            changes,
+            None,
+        )
+        .await
+        .expect("apply a definition and its machines");
+}
+
+async fn run_one<S: Store>(store: &S, op: MachineOp) -> OpOutcome {
+    let mut outcomes = store.run(vec![op]).await.expect("run one op");
+    assert_eq!(outcomes.len(), 1, "one outcome per op");
+    outcomes.remove(0)
+}
+
+async fn record<S: Store>(store: &S, id: &str) -> MachineRecord {
+    store
+        .machine(id)
+        .await
+        .expect("read a machine")
+        .unwrap_or_else(|| panic!("machine `{id}` exists"))
+}
+
+async fn outcomes_for<S: Store>(store: &S, target: &str) -> Vec<String> {
+    let filter = AuditFilter {
+        target: Some(target.to_string()),
+        ..AuditFilter::default()
+    };
+    let log = store.audit_log(&filter).await.expect("read the audit log");
+    log.into_iter().map(|r| r.entry.outcome).collect()
+}
+
+fn applied(outcome: OpOutcome) -> Change {
+    match outcome {
+        OpOutcome::Applied(change) => change,
+        other => panic!("expected Applied, got {other:?}"),
+    }
+}
+
+pub async fn ping_and_backend<S: Store>(store: S) {
+    store.ping().await.expect("a fresh store answers ping");
+    assert!(
+        ["sqlite", "postgres"].contains(&store.backend()),
+        "backend {}",
+        store.backend()
+    );
+    store.close().await;
+}
+
+pub async fn apply_versions_definitions_by_digest<S: Store>(store: S) {
+    let web = linear_def("web");
+    let first = store
+        .apply(vec![new_definition(&web, "d1")], vec![], None)
+        .await
+        .unwrap();
+    let (stored, new) = &first.definitions[0];
+    assert!(*new);
+    assert_eq!(stored.version, 1);
+    assert_eq!(stored.compiled, serde_json::to_value(&web).unwrap());
+    assert_eq!(stored.digest, "d1");
+
+    let again = store
+        .apply(vec![new_definition(&web, "d1")], vec![], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.definitions,
+        vec![(stored.clone(), false)],
+        "same digest, same version"
+    );
+
+    let mut changed = web.clone();
+    changed.description = Some("now with a description".to_string());
+    let second = store
+        .apply(vec![new_definition(&changed, "d2")], vec![], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.definitions[0].0.version, second.definitions[0].1),
+        (2, true)
+    );
+    let latest = store
+        .definition(STATE_MACHINE, "web")
+        .await
+        .unwrap()
+        .expect("web is stored");
+    assert_eq!(latest.version, 2);
+    assert_eq!(latest.compiled, serde_json::to_value(&changed).unwrap());
+    assert_eq!(latest, second.definitions[0].0);
+
+    // Several versions in one apply chain up, and a repeat inside it is not a new version.
+    let chained = store
+        .apply(
+            vec![
+                new_definition(&web, "d3"),
+                new_definition(&web, "d3"),
+                new_definition(&web, "d4"),
+            ],
+            vec![],
+            None,
+        )
+        .await
+        .unwrap();
+    let versions: Vec<(i64, bool)> = chained
+        .definitions
+        .iter()
+        .map(|(d, new)| (d.version, *new))
+        .collect();
+    assert_eq!(versions, vec![(3, true), (3, false), (4, true)]);
+
+    // Kinds are separate namespaces; listings show the latest version of each, by name.
+    let mut runbook = new_definition(&web, "r1");
+    runbook.kind = "Runbook".to_string();
+    let api = linear_def("api");
+    store
+        .apply(vec![runbook, new_definition(&api, "a1")], vec![], None)
+        .await
+        .unwrap();
+    let all = store.definitions(None).await.unwrap();
+    let listed: Vec<(&str, &str, i64)> = all
+        .iter()
+        .map(|d| (d.name.as_str(), d.kind.as_str(), d.version))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("api", STATE_MACHINE, 1),
+            ("web", "Runbook", 1),
+            ("web", STATE_MACHINE, 4)
+        ]
+    );
+    let machines_only = store.definitions(Some(STATE_MACHINE)).await.unwrap();
+    assert_eq!(
+        machines_only
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["api", "web"]
+    );
+    assert_eq!(
+        store.definition(STATE_MACHINE, "missing").await.unwrap(),
+        None
+    );
+    store.close().await;
+}
+
+pub async fn apply_creates_machines_and_skips_existing<S: Store>(store: S) {
+    let web = linear_def("web");
+    let first = store
+        .apply(
+            vec![new_definition(&web, "d1")],
+            vec![
+                new_instance(&web, "m1", Some("g1"), NOW_MS, "tester"),
+                new_instance(&web, "m2", Some("g1"), NOW_MS, "tester"),
+            ],
+            Some(audit_entry("admin", "definition.apply", "web")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        first
+            .created
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["m1", "m2"]
+    );
+    assert_eq!(record(&store, "m1").await, first.created[0]);
+    let history = store.history("m1", 0, 10).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].kind, HistoryKind::Created);
+    assert!(history[0].seq > 0, "seq assigned: {}", history[0].seq);
+    assert_eq!(history[0].version, 1);
+
+    // An existing id is left alone, even if the new change differs; new ids are created.
+    let second = store
+        .apply(
+            vec![new_definition(&web, "d1")],
+            vec![
+                new_instance(&web, "m2", Some("g2"), NOW_MS + 1, "tester"),
+                new_instance(&web, "m3", None, NOW_MS, "tester"),
+            ],
+            Some(audit_entry("admin", "definition.apply", "web")),
+        )
+        .await
+        .unwrap();
+    assert!(!second.definitions[0].1);
+    assert_eq!(
+        second
+            .created
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["m3"]
+    );
+    let m2 = record(&store, "m2").await;
+    assert_eq!(
+        (m2.group.as_deref(), m2.created_at_ms),
+        (Some("g1"), NOW_MS)
+    );
+    assert_eq!(store.history("m2", 0, 10).await.unwrap().len(), 1);
+
+    let third = store
+        .apply(
+            vec![new_definition(&web, "d1")],
+            vec![new_instance(&web, "m1", None, NOW_MS, "tester")],
+            Some(audit_entry("admin", "definition.apply", "web")),
+        )
+        .await
+        .unwrap();
+    assert!(third.created.is_empty());
+    assert_eq!(outcomes_for(&store, "web").await, vec!["ok", "ok", "noop"]);
+
+    // The same new id twice in one apply: the first wins.
+    let twice = store
+        .apply(
+            vec![],
+            vec![
+                new_instance(&web, "m4", Some("first"), NOW_MS, "tester"),
+                new_instance(&web, "m4", Some("second"), NOW_MS, "tester"),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(twice.created.len(), 1);
+    assert_eq!(record(&store, "m4").await.group.as_deref(), Some("first"));
+    store.close().await;
+}
+
+pub async fn run_applies_refuses_noops_and_not_found<S: Store>(store: S) {
+    let web = Arc::new(linear_def("web"));
+    let gate = Arc::new(counting_def("gate", 3));
+    create_machines(&store, &web, &[("m1", None)]).await;
+    create_machines(&store, &gate, &[("barrier", None)]).await;
+    let created_seq = store.history("m1", 0, 1).await.unwrap()[0].seq;
+
+    let audit = |target: &str| Some(audit_entry("ops", "machine.report", target));
+    let outcomes = store
+        .run(vec![
+            report_op(&web, "m1", "a", None, audit("m1")),
+            report_op(&web, "m1", "c", None, audit("m1")),
+            report_op(&gate, "barrier", "wait", Some("vm1"), audit("barrier")),
+            report_op(&gate, "barrier", "wait", Some("vm1"), audit("barrier")),
+            report_op(&web, "ghost", "a", None, audit("ghost")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 5);
+    let mut outcomes = outcomes.into_iter();
+
+    let moved = applied(outcomes.next().unwrap());
+    assert_eq!(
+        (moved.record.state.as_str(), moved.record.version),
+        ("b", 2)
+    );
+    assert_eq!(moved.history.len(), 1);
+    assert!(
+        moved.history[0].seq > created_seq,
+        "seq assigned after the created entry"
+    );
+    assert_eq!(record(&store, "m1").await, moved.record);
+    assert_eq!(
+        store.history("m1", created_seq, 10).await.unwrap(),
+        moved.history
+    );
+
+    match outcomes.next().unwrap() {
+        OpOutcome::Refused(refusal, current) => {
+            assert_eq!(
+                refusal,
+                Refusal::NotCurrent {
+                    state: "c".to_string(),
+                    current: "b".to_string()
+                }
+            );
+            assert_eq!(
+                current, moved.record,
+                "a refusal returns the current record"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let counted = applied(outcomes.next().unwrap());
+    assert_eq!(counted.record.counter, 1);
+    match outcomes.next().unwrap() {
+        OpOutcome::Unchanged(current) => assert_eq!(current, counted.record),
+        other => panic!("a duplicate report is a no-op, got {other:?}"),
+    }
+    assert_eq!(outcomes.next().unwrap(), OpOutcome::NotFound);
+
+    assert_eq!(record(&store, "barrier").await, counted.record);
+    assert_eq!(outcomes_for(&store, "m1").await, vec!["ok", "not_current"]);
+    assert_eq!(outcomes_for(&store, "barrier").await, vec!["ok", "noop"]);
+    assert_eq!(outcomes_for(&store, "ghost").await, vec!["not_found"]);
+    store.close().await;
+}
+
+pub async fn ops_in_one_call_see_each_other<S: Store>(store: S) {
+    let web = Arc::new(linear_def("web"));
+    let counter = Arc::new(counting_def("counter", 1_000));
+    create_machines(&store, &web, &[("m1", None), ("p", None)]).await;
+    create_machines(&store, &counter, &[("c1", None)]).await;
+
+    let outcomes = store
+        .run(vec![
+            report_op(&web, "m1", "a", None, None),
+            report_op(&web, "m1", "b", None, None),
+        ])
+        .await
+        .unwrap();
+    let last = applied(outcomes.into_iter().nth(1).unwrap());
+    assert_eq!((last.record.state.as_str(), last.record.version), ("c", 3));
+
+    let ops = (0..10)
+        .map(|_| report_op(&counter, "c1", "wait", None, None))
+        .collect();
+    let changes: Vec<Change> = store
+        .run(ops)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(applied)
+        .collect();
+    let counters: Vec<u32> = changes.iter().map(|c| c.record.counter).collect();
+    assert_eq!(counters, (1..=10).collect::<Vec<u32>>());
+    let versions: Vec<i64> = changes.iter().map(|c| c.record.version).collect();
+    assert_eq!(versions, (2..=11).collect::<Vec<i64>>());
+    let seqs: Vec<i64> = changes.iter().map(|c| c.history[0].seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seqs ascend: {seqs:?}"
+    );
+
+    // A later op sees an earlier op's peer change and its history, with final seqs.
+    let seen_peers = Arc::new(Mutex::new(None));
+    let seen_history = Arc::new(Mutex::new(None));
+    let (peers_out, history_out) = (Arc::clone(&seen_peers), Arc::clone(&seen_history));
+    let outcomes = store
+        .run(vec![
+            report_op(&web, "p", "a", None, None),
+            report_op(&web, "m1", "c", None, None),
+            inspect_op("m1", &["p", "nobody"], true, move |ctx| {
+                let peers: BTreeMap<String, String> = ctx
+                    .peers
+                    .iter()
+                    .map(|(id, r)| (id.clone(), r.state.clone()))
+                    .collect();
+                *peers_out.lock().unwrap() = Some(peers);
+                *history_out.lock().unwrap() = ctx.history.map(<[_]>::to_vec);
+            }),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(outcomes[0], OpOutcome::Applied(_)));
+    assert!(matches!(
+        outcomes[1],
+        OpOutcome::Refused(Refusal::Final { .. }, _)
+    ));
+    assert!(matches!(outcomes[2], OpOutcome::Unchanged(_)));
+    let peers = seen_peers.lock().unwrap().take().expect("the decision ran");
+    assert_eq!(
+        peers,
+        BTreeMap::from([("p".to_string(), "b".to_string())]),
+        "missing peers left out"
+    );
+    let history = seen_history
+        .lock()
+        .unwrap()
+        .take()
+        .expect("history was asked for");
+    assert_eq!(history, store.history("m1", 0, 100).await.unwrap());
+    let kinds: Vec<HistoryKind> = history.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            HistoryKind::Created,
+            HistoryKind::Transition,
+            HistoryKind::Transition
+        ]
+    );
+    store.close().await;
+}
+
+/// Sends `REPORTS_PER_TASK` single-op calls from each of `CONCURRENT_TASKS` tasks; task `t`'s
+/// report `n` goes to `machines[(t + n) % len]`. Returns acknowledged reports per machine.
+async fn report_concurrently<S: Store>(
+    store: Arc<S>,
+    def: Arc<MachineDef>,
+    machines: Vec<String>,
+) -> Vec<u64> {
+    let acknowledged: Arc<Vec<AtomicU64>> =
+        Arc::new(machines.iter().map(|_| AtomicU64::new(0)).collect());
+    let machines = Arc::new(machines);
+    let mut tasks = Vec::new();
+    for task in 0..CONCURRENT_TASKS {
+        let (store, def, machines, acknowledged) = (
+            Arc::clone(&store),
+            Arc::clone(&def),
+            Arc::clone(&machines),
+            Arc::clone(&acknowledged),
+        );
+        tasks.push(tokio::spawn(async move {
+            for n in 0..REPORTS_PER_TASK {
+                let index = (task + n) % machines.len();
+                let op = report_op(&def, &machines[index], "wait", None, None);
+                match store.run(vec![op]).await {
+                    Ok(outcomes) => {
+                        applied(outcomes.into_iter().next().expect("one outcome"));
+                        acknowledged[index].fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => panic!("report {n} of task {task} failed: {error}"),
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("a reporting task finished");
+    }
+    acknowledged
+        .iter()
+        .map(|a| a.load(Ordering::Relaxed))
+        .collect()
+}
+
+pub async fn concurrent_reports_on_one_machine_lose_nothing<S: Store>(store: S) {
+    let def = Arc::new(counting_def("hot", levee_model::MAX_TRANSITION_COUNT));
+    create_machines(&store, &def, &[("hot", None)]).await;
+    let store = Arc::new(store);
+    let acknowledged = report_concurrently(Arc::clone(&store), def, vec!["hot".to_string()]).await;
+    let stored = record(&*store, "hot").await;
+    assert_eq!(
+        u64::from(stored.counter),
+        acknowledged[0],
+        "every acknowledged report counted"
+    );
+    assert_eq!(
+        acknowledged[0],
+        (CONCURRENT_TASKS * REPORTS_PER_TASK) as u64
+    );
+    assert_eq!(stored.version, 1 + acknowledged[0] as i64);
+    store.close().await;
+}
+
+pub async fn concurrent_reports_on_many_machines_lose_nothing<S: Store>(store: S) {
+    let def = Arc::new(counting_def("fleet", levee_model::MAX_TRANSITION_COUNT));
+    let ids: Vec<String> = (0..CONCURRENT_TASKS)
+        .map(|i| format!("vm-{i:02}"))
+        .collect();
+    let machines: Vec<(&str, Option<&str>)> = ids.iter().map(|id| (id.as_str(), None)).collect();
+    create_machines(&store, &def, &machines).await;
+    let store = Arc::new(store);
+    let acknowledged = report_concurrently(Arc::clone(&store), def, ids.clone()).await;
+    for (id, acknowledged) in ids.iter().zip(acknowledged) {
+        let stored = record(&*store, id).await;
+        assert_eq!(u64::from(stored.counter), acknowledged, "machine {id}");
+        assert_eq!(acknowledged, REPORTS_PER_TASK as u64, "machine {id}");
+        assert_eq!(stored.version, 1 + acknowledged as i64, "machine {id}");
+    }
+    store.close().await;
+}
+
+pub async fn history_is_ordered_and_pages<S: Store>(store: S) {
+    let def = Arc::new(counting_def("counter", 1_000));
+    create_machines(&store, &def, &[("c", None), ("d", None)]).await;
+    for _ in 0..25 {
+        store
+            .run(vec![
+                report_op(&def, "c", "wait", None, None),
+                report_op(&def, "d", "wait", None, None),
+            ])
+            .await
+            .unwrap();
+    }
+    let mut pages = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.history("c", after, 10).await.unwrap();
+        assert!(page.len() <= 10, "limit respected");
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        pages.push(page);
+    }
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![10, 10, 6]
+    );
+    let all: Vec<_> = pages.into_iter().flatten().collect();
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "seq ascending");
+    assert!(all.iter().all(|e| e.machine == "c"));
+    assert_eq!(
+        all.iter().map(|e| e.version).collect::<Vec<_>>(),
+        (1..=26).collect::<Vec<_>>()
+    );
+    assert_eq!(all.last().unwrap().counter, 25);
+    assert_eq!(
+        store.history("c", 0, 0).await.unwrap(),
+        all,
+        "limit 0 means the maximum page"
+    );
+    assert!(store.history("ghost", 0, 10).await.unwrap().is_empty());
+    store.close().await;
+}
+
+pub async fn due_timers_are_earliest_first_and_limited<S: Store>(store: S) {
+    let sleepy = Arc::new(timer_def("sleepy", 1_000));
+    let plain = linear_def("plain");
+    let at = |id: &str, created: i64| new_instance(&sleepy, id, None, created, "tester");
+    store
+        .apply(
+            vec![new_definition(&sleepy, "s1"), new_definition(&plain, "p1")],
+            vec![
+                at("t3", NOW_MS),
+                at("t1", NOW_MS - 2_000),
+                at("t2b", NOW_MS - 1_000),
+                at("t2", NOW_MS - 1_000),
+                at("later", NOW_MS + 5_000),
+                new_instance(&plain, "no-timer", None, NOW_MS - 10_000, "tester"),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.due_timers(NOW_MS, 100).await.unwrap(),
+        vec!["t1", "t2", "t2b"]
+    );
+    assert_eq!(store.due_timers(NOW_MS, 2).await.unwrap(), vec!["t1", "t2"]);
+    assert!(
+        store
+            .due_timers(NOW_MS - 1_001, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.due_timers(NOW_MS + 1_000, 10).await.unwrap(),
+        vec!["t1", "t2", "t2b", "t3"]
+    );
+
+    // Firing a timer (as the timer worker does) takes the machine off the list.
+    let def = Arc::clone(&sleepy);
+    let fire = MachineOp {
+        machine: "t1".to_string(),
+        peers: Vec::new(),
+        with_history: false,
+        decide: Box::new(move |ctx| {
+            Ok(
+                catch_up(&def, ctx.record, NOW_MS).unwrap_or_else(|| Change {
+                    record: ctx.record.clone(),
+                    history: Vec::new(),
+                }),
+            )
+        }),
+        audit: None,
+    };
+    let fired = applied(run_one(&store, fire).await);
+    assert_eq!(
+        (fired.record.state.as_str(), fired.record.timer_due_ms),
+        ("awake", None)
+    );
+    assert_eq!(
+        store.due_timers(NOW_MS, 100).await.unwrap(),
+        vec!["t2", "t2b"]
+    );
+    store.close().await;
+}
+
+pub async fn audit_log_pages_and_filters<S: Store>(store: S) {
+    let entry = |i: usize| AuditEntry {
+        at_ms: NOW_MS + i as i64,
+        actor: if i.is_multiple_of(2) { "alice" } else { "bob" }.to_string(),
+        action: "machine.report".to_string(),
+        target: format!("t{}", i % 3),
+        outcome: "ok".to_string(),
+        detail: json!({ "i": i, "nested": { "list": [1, 2, 3] } }),
+    };
+    for i in 0..30 {
+        store.audit(entry(i)).await.unwrap();
+    }
+    let mut all = Vec::new();
+    let mut after_seq = None;
+    loop {
+        let filter = AuditFilter {
+            after_seq,
+            limit: 7,
+            ..AuditFilter::default()
+        };
+        let page = store.audit_log(&filter).await.unwrap();
+        assert!(page.len() <= 7);
+        let Some(last) = page.last() else { break };
+        after_seq = Some(last.seq);
+        all.extend(page);
+    }
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "seq ascending");
+    assert_eq!(
+        all.iter().map(|r| r.entry.clone()).collect::<Vec<_>>(),
+        (0..30).map(entry).collect::<Vec<_>>()
+    );
+
+    let count = |actor: Option<&str>, target: Option<&str>, after_seq: Option<i64>| {
+        let filter = AuditFilter {
+            after_seq,
+            actor: actor.map(str::to_string),
+            target: target.map(str::to_string),
+            limit: 0,
+        };
+        let store = &store;
+        async move { store.audit_log(&filter).await.unwrap() }
+    };
+    let alice = count(Some("alice"), None, None).await;
+    assert_eq!(alice.len(), 15);
+    assert!(alice.iter().all(|r| r.entry.actor == "alice"));
+    assert_eq!(count(None, Some("t1"), None).await.len(), 10);
+    let both = count(Some("alice"), Some("t0"), None).await;
+    assert_eq!(
+        both.iter()
+            .map(|r| r.entry.detail["i"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![0, 6, 12, 18, 24]
+    );
+    let after = count(Some("alice"), Some("t0"), Some(both[2].seq)).await;
+    assert_eq!(after, both[3..].to_vec());
+    store.close().await;
+}
+
+pub async fn tokens_create_look_up_and_revoke<S: Store>(store: S) {
+    let token = |name: &str, hash: &str| TokenRecord {
+        name: name.to_string(),
+        role: "operator".to_string(),
+        scope: Some("group:web".to_string()),
+        hash: hash.to_string(),
+        created_at_ms: NOW_MS,
+        created_by: "admin".to_string(),
+        revoked_at_ms: None,
+    };
+    let audit = |name: &str| Some(audit_entry("admin", "token.create", name));
+    store
+        .create_token(token("ops", "h1"), audit("ops"))
+        .await
+        .unwrap();
+    assert_eq!(store.tokens().await.unwrap(), vec![token("ops", "h1")]);
+
+    let same_name = store.create_token(token("ops", "h2"), audit("ops")).await;
+    assert!(
+        matches!(same_name, Err(Error::Conflict(_))),
+        "{same_name:?}"
+    );
+    let same_hash = store
+        .create_token(token("other", "h1"), audit("other"))
+        .await;
+    assert!(
+        matches!(same_hash, Err(Error::Conflict(_))),
+        "{same_hash:?}"
+    );
+    assert_eq!(
+        store.token_by_hash("h1").await.unwrap(),
+        Some(token("ops", "h1"))
+    );
+    assert_eq!(store.token_by_hash("h2").await.unwrap(), None);
+
+    let mut admin = token("admin", "h3");
+    (admin.role, admin.scope) = ("admin".to_string(), None);
+    store.create_token(admin.clone(), None).await.unwrap();
+    assert_eq!(
+        store.tokens().await.unwrap(),
+        vec![admin, token("ops", "h1")]
+    );
+
+    let revoke_audit = |name: &str| Some(audit_entry("admin", "token.revoke", name));
+    assert!(
+        store
+            .revoke_token("ops", NOW_MS + 5, revoke_audit("ops"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke_token("ops", NOW_MS + 6, revoke_audit("ops"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke_token("ghost", NOW_MS, revoke_audit("ghost"))
+            .await
+            .unwrap()
+    );
+    let revoked = store
+        .token_by_hash("h1")
+        .await
+        .unwrap()
+        .expect("a revoked token is still found");
+    assert_eq!(
+        revoked.revoked_at_ms,
+        Some(NOW_MS + 5),
+        "the first revocation's time is kept"
+    );
+
+    let reused = store.create_token(token("ops", "h4"), audit("ops")).await;
+    assert!(
+        matches!(reused, Err(Error::Conflict(_))),
+        "a revoked name stays taken: {reused:?}"
+    );
+    assert_eq!(
+        outcomes_for(&store, "ops").await,
+        vec!["ok", "conflict", "ok", "not_found", "conflict"]
+    );
+    assert_eq!(outcomes_for(&store, "other").await, vec!["conflict"]);
+    assert_eq!(outcomes_for(&store, "ghost").await, vec!["not_found"]);
+    store.close().await;
+}
+
+pub async fn machines_filter_and_page_by_id<S: Store>(store: S) {
+    let web = linear_def("web");
+    let db = linear_def("db");
+    create_machines(
+        &store,
+        &web,
+        &[
+            ("w05", Some("g2")),
+            ("w01", Some("g1")),
+            ("w03", Some("g1")),
+            ("w02", Some("g1")),
+            ("w04", Some("g2")),
+        ],
+    )
+    .await;
+    create_machines(&store, &db, &[("d02", None), ("d01", Some("g1"))]).await;
+    let ids = |records: Vec<MachineRecord>| records.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let list =
+        |definition: Option<&str>, group: Option<&str>, after_id: Option<&str>, limit: u32| {
+            let filter = MachineFilter {
+                definition: definition.map(str::to_string),
+                group: group.map(str::to_string),
+                after_id: after_id.map(str::to_string),
+                limit,
+            };
+            let store = &store;
+            async move { ids(store.machines(&filter).await.unwrap()) }
+        };
+    assert_eq!(
+        list(None, None, None, 0).await,
+        vec!["d01", "d02", "w01", "w02", "w03", "w04", "w05"]
+    );
+    assert_eq!(
+        list(Some("web"), None, None, 100).await,
+        vec!["w01", "w02", "w03", "w04", "w05"]
+    );
+    assert_eq!(
+        list(None, Some("g1"), None, 100).await,
+        vec!["d01", "w01", "w02", "w03"]
+    );
+    assert_eq!(
+        list(Some("web"), Some("g1"), Some("w01"), 100).await,
+        vec!["w02", "w03"]
+    );
+    assert_eq!(
+        list(Some("nothing"), None, None, 100).await,
+        Vec::<String>::new()
+    );
+
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = list(Some("web"), None, after.as_deref(), 2).await;
+        assert!(page.len() <= 2);
+        let Some(last) = page.last().cloned() else {
+            break;
+        };
+        paged.extend(page);
+        after = Some(last);
+    }
+    assert_eq!(paged, vec!["w01", "w02", "w03", "w04", "w05"]);
+    store.close().await;
+}
+
+pub async fn panicking_decision_fails_only_its_call<S: Store>(store: S) {
+    let web = Arc::new(linear_def("web"));
+    let counter = Arc::new(counting_def("counter", 100_000));
+    create_machines(&store, &web, &[("m1", None), ("m2", None)]).await;
+    create_machines(&store, &counter, &[("c", None)]).await;
+    let store = Arc::new(store);
+
+    let panicking = |machine: &str| MachineOp {
+        machine: machine.to_string(),
+        peers: Vec::new(),
+        with_history: false,
+        decide: Box::new(|_| panic!("conformance: a decision that panics")),
+        audit: Some(audit_entry("ops", "machine.report", "panicking-call")),
+    };
+    // Calls that succeed, racing calls that panic, so they likely share commits.
+    let mut good = Vec::new();
+    for _ in 0..20 {
+        let (store, counter) = (Arc::clone(&store), Arc::clone(&counter));
+        good.push(tokio::spawn(async move {
+            store
+                .run(vec![report_op(&counter, "c", "wait", None, None)])
+                .await
+        }));
+    }
+    let mut bad = Vec::new();
+    for _ in 0..5 {
+        let (store, counter, op) = (Arc::clone(&store), Arc::clone(&counter), panicking("m1"));
+        bad.push(tokio::spawn(async move {
+            // The call's first op is valid; it must be taken back with the panicking one.
+            let first = report_op(
+                &counter,
+                "c",
+                "wait",
+                None,
+                Some(audit_entry("ops", "machine.report", "panicking-call")),
+            );
+            store.run(vec![first, op]).await
+        }));
+    }
+    for task in bad {
+        let result = task.await.expect("the caller itself does not panic");
+        assert!(
+            matches!(result, Err(Error::Corrupt(_))),
+            "a panicking call fails: {result:?}"
+        );
+    }
+    for task in good {
+        let outcomes = task
+            .await
+            .unwrap()
+            .expect("a call without a panic succeeds");
+        applied(outcomes.into_iter().next().unwrap());
+    }
+    assert_eq!(
+        record(&*store, "c").await.counter,
+        20,
+        "nothing of a failed call is kept"
+    );
+    assert_eq!(record(&*store, "m1").await.version, 1);
+    assert!(
+        outcomes_for(&*store, "panicking-call").await.is_empty(),
+        "no audit from a failed call"
+    );
+
+    // The writer survived.
+    let after = run_one(&*store, report_op(&web, "m2", "a", None, None)).await;
+    assert_eq!(applied(after).record.state, "b");
+    store.close().await;
+}
+
+/// Writes bigger than any one statement may carry (SQLite caps parameters per statement,
+/// PostgreSQL too): an apply of many machines, a call of many ops, many audit entries.
+pub async fn large_writes_commit_whole<S: Store>(store: S) {
+    const MACHINES: usize = 3_000;
+    let def = Arc::new(counting_def("big", levee_model::MAX_TRANSITION_COUNT));
+    let ids: Vec<String> = (0..MACHINES).map(|i| format!("big-{i:05}")).collect();
+    let changes = ids
+        .iter()
+        .map(|id| new_instance(&def, id, Some("big"), NOW_MS, "tester"))
+        .collect();
+    let applied_machines = store
+        .apply(vec![new_definition(&def, "big-1")], changes, None)
+        .await
+        .expect("a large apply");
+    assert_eq!(applied_machines.created.len(), MACHINES);
+    let filter = MachineFilter {
+        group: Some("big".to_string()),
+        ..MachineFilter::default()
+    };
+    assert_eq!(store.machines(&filter).await.unwrap().len(), MACHINES);
+
+    // One call touching every machine once, and one machine many times.
+    let mut ops: Vec<MachineOp> = ids
+        .iter()
+        .map(|id| {
+            let audit = Some(audit_entry("ops", "machine.report", "big-call"));
+            report_op(&def, id, "wait", None, audit)
+        })
+        .collect();
+    ops.extend((0..MACHINES).map(|_| report_op(&def, &ids[0], "wait", None, None)));
+    let outcomes = store.run(ops).await.expect("a large call");
+    assert_eq!(outcomes.len(), 2 * MACHINES);
+    let last = applied(outcomes.into_iter().last().unwrap());
+    assert_eq!(last.record.counter, 1 + MACHINES as u32);
+    assert_eq!(record(&store, &ids[MACHINES - 1]).await.counter, 1);
+    assert_eq!(record(&store, &ids[0]).await, last.record);
+    let history = store.history(&ids[0], 0, 0).await.unwrap();
+    assert_eq!(history.len(), 2 + MACHINES);
+    assert!(history.windows(2).all(|w| w[0].seq < w[1].seq));
+    let filter = AuditFilter {
+        target: Some("big-call".to_string()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(store.audit_log(&filter).await.unwrap().len(), MACHINES);
+    store.close().await;
+}
+
+pub async fn close_refuses_later_writes<S: Store>(store: S) {
+    let web = Arc::new(linear_def("web"));
+    create_machines(&store, &web, &[("m1", None)]).await;
+    let store = Arc::new(store);
+    // Writes queued before close are committed; close waits for them.
+    let mut queued = Vec::new();
+    for _ in 0..10 {
+        let store = Arc::clone(&store);
+        queued.push(tokio::spawn(async move {
+            store
+                .audit(audit_entry("ops", "test.queued", "queue"))
+                .await
+        }));
+    }
+    tokio::task::yield_now().await;
+    store.close().await;
+    let mut committed = 0;
+    for task in queued {
+        match task.await.unwrap() {
+            Ok(()) => committed += 1,
+            Err(error) => assert!(matches!(error, Error::Unavailable(_)), "{error}"),
+        }
+    }
+    assert!(committed <= 10);
+    let late = store
+        .run(vec![report_op(&web, "m1", "a", None, None)])
+        .await;
+    assert!(
+        matches!(late, Err(Error::Unavailable(_))),
+        "a write after close: {late:?}"
+    );
+    // Closing again is harmless.
+    store.close().await;
+}

@@ -1,0 +1,240 @@
+//! Levee's store: every fact the control plane keeps, behind one [`Store`] trait.
+//!
+//! Only this crate knows SQL. Each implementation passes the same [`conformance`] suite. Writes
+//! that must be decided against the latest committed state (a report to a machine, say) are
+//! sent as [`MachineOp`]s: the store runs their decision inside its write transaction, so two
+//! concurrent requests can never both act on the same old state, and it batches the ops of
+//! concurrent requests into one commit (group commit). A write is acknowledged only after its
+//! commit is durable.
+
+pub mod conformance;
+pub mod sqlite;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use levee_engine::{Change, HistoryEntry, MachineRecord, Refusal};
+use serde::{Deserialize, Serialize};
+
+pub use sqlite::SqliteStore;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Most rows one listing returns. A `limit` of 0, or one above this, means this many: every
+/// answer stays bounded however a caller pages.
+pub const MAX_PAGE_ROWS: u32 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A uniqueness rule was broken (a token name already taken, say).
+    #[error("{0}")]
+    Conflict(String),
+    /// The database cannot take writes or answer now (down, locked past the timeout, disk
+    /// full). Nothing was changed; the caller may retry.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data that does not parse, or a decision that panicked on a record: a bug or a
+    /// hand-edited database. Retrying will not help.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// A stored definition version. Applying identical content again keeps the version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DefinitionRecord {
+    pub kind: String,
+    pub name: String,
+    pub version: i64,
+    /// The compiled definition as JSON (for `StateMachine`: a `levee_model::MachineDef`).
+    pub compiled: serde_json::Value,
+    /// The YAML text it was loaded from, kept for display and export.
+    pub source: String,
+    /// Hex SHA-256 of `compiled`'s canonical JSON: equal digests mean equal definitions.
+    pub digest: String,
+    pub created_at_ms: i64,
+    pub created_by: String,
+}
+
+/// A definition to store; the store assigns the version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewDefinition {
+    pub kind: String,
+    pub name: String,
+    pub compiled: serde_json::Value,
+    pub source: String,
+    pub digest: String,
+    pub created_at_ms: i64,
+    pub created_by: String,
+}
+
+/// One line of the audit log, as written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at_ms: i64,
+    /// A token's name, or `anonymous` when no tokens are configured.
+    pub actor: String,
+    /// What was attempted, dotted: `machine.report`, `definition.apply`, `token.create`, ...
+    pub action: String,
+    /// What it was attempted on: a machine id, a definition name, ...
+    pub target: String,
+    /// `ok`, `noop`, or the refusal or error code.
+    pub outcome: String,
+    /// Request details worth keeping (query, remote address, reason given).
+    pub detail: serde_json::Value,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: i64,
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    /// Only entries with `seq` greater than this (cursor for paging forward).
+    pub after_seq: Option<i64>,
+    pub actor: Option<String>,
+    pub target: Option<String>,
+    pub limit: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct MachineFilter {
+    pub definition: Option<String>,
+    pub group: Option<String>,
+    /// Only ids sorting after this (cursor for paging forward, ids ascending).
+    pub after_id: Option<String>,
+    pub limit: u32,
+}
+
+/// An API token as stored: never the secret, only its SHA-256.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub name: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// `machine:ID` or `group:NAME`; `None` means every machine.
+    pub scope: Option<String>,
+    /// Hex SHA-256 of the secret.
+    pub hash: String,
+    pub created_at_ms: i64,
+    pub created_by: String,
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// What a machine op's decision sees, read inside the write transaction.
+pub struct OpContext<'a> {
+    pub record: &'a MachineRecord,
+    /// The records of the op's `peers` that exist.
+    pub peers: &'a HashMap<String, MachineRecord>,
+    /// The machine's whole history in order, if the op asked for it (replay needs it). It
+    /// includes entries decided earlier in the same commit, with their final `seq`.
+    pub history: Option<&'a [HistoryEntry]>,
+}
+
+pub type Decide = Box<dyn FnOnce(&OpContext<'_>) -> Result<Change, Refusal> + Send>;
+
+/// A change to one machine, decided against its latest committed record.
+pub struct MachineOp {
+    pub machine: String,
+    /// Other machines the decision reads (guards).
+    pub peers: Vec<String>,
+    pub with_history: bool,
+    pub decide: Decide,
+    /// Written in the same transaction, its `outcome` set by the store: `ok` for a change,
+    /// `noop` for a no-op change, the refusal's code, or `not_found`.
+    pub audit: Option<AuditEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum OpOutcome {
+    /// Committed: the new record, and its history entries with their `seq` assigned.
+    Applied(Change),
+    /// The decision changed nothing (a duplicate report); the current record.
+    Unchanged(MachineRecord),
+    /// The decision refused; the current record.
+    Refused(Refusal, MachineRecord),
+    /// No machine with that id.
+    NotFound,
+}
+
+/// The result of [`Store::apply`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied {
+    /// One per definition given, in order, and whether it made a new version.
+    pub definitions: Vec<(DefinitionRecord, bool)>,
+    /// The machines that were created (ids that already existed are left alone).
+    pub created: Vec<MachineRecord>,
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Answers once the database can be read and written.
+    async fn ping(&self) -> Result<()>;
+
+    /// Stores definitions and creates new machines, atomically: all or nothing. A definition
+    /// whose digest equals its latest version's is not stored again. New machines come as the
+    /// engine's `new_instance` changes; ids that already exist are skipped. The audit entry's
+    /// `outcome` is set by the store: `ok` if a version or machine was added, else `noop`.
+    async fn apply(
+        &self,
+        definitions: Vec<NewDefinition>,
+        machines: Vec<Change>,
+        audit: Option<AuditEntry>,
+    ) -> Result<Applied>;
+
+    /// The latest version of a definition.
+    async fn definition(&self, kind: &str, name: &str) -> Result<Option<DefinitionRecord>>;
+
+    /// The latest version of every definition, optionally of one kind, by name.
+    async fn definitions(&self, kind: Option<&str>) -> Result<Vec<DefinitionRecord>>;
+
+    async fn machine(&self, id: &str) -> Result<Option<MachineRecord>>;
+
+    /// Machines ordered by id.
+    async fn machines(&self, filter: &MachineFilter) -> Result<Vec<MachineRecord>>;
+
+    /// Runs ops, each decided against the latest committed records, and answers after the
+    /// commit that holds them is durable. Ops of concurrent calls share commits. Outcomes are
+    /// in the order of `ops`; ops on the same machine in one call see each other's effects.
+    async fn run(&self, ops: Vec<MachineOp>) -> Result<Vec<OpOutcome>>;
+
+    /// A machine's history, `seq` ascending, after the given seq.
+    async fn history(&self, machine: &str, after_seq: i64, limit: u32)
+    -> Result<Vec<HistoryEntry>>;
+
+    /// Ids of machines whose `timer_due_ms` is at or before `now_ms`, earliest first (ties by
+    /// id).
+    async fn due_timers(&self, now_ms: i64, limit: u32) -> Result<Vec<String>>;
+
+    /// Appends to the audit log (group-committed like every write), exactly as given.
+    async fn audit(&self, entry: AuditEntry) -> Result<()>;
+
+    async fn audit_log(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
+
+    /// Fails with `Conflict` if the name is taken, even by a revoked token, or if another token
+    /// has the same hash. The audit entry is written either way, its `outcome` set by the
+    /// store: `ok` or `conflict`.
+    async fn create_token(&self, token: TokenRecord, audit: Option<AuditEntry>) -> Result<()>;
+
+    /// The token with this hash, revoked or not.
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>>;
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>>;
+
+    /// Marks a token revoked; `false` if no active token has that name. The audit entry's
+    /// `outcome` is set by the store: `ok` or `not_found`.
+    async fn revoke_token(&self, name: &str, at_ms: i64, audit: Option<AuditEntry>)
+    -> Result<bool>;
+
+    /// Commits the writes already queued, then closes the database. Writes after this fail
+    /// with `Unavailable`. Call it on graceful shutdown so nothing acknowledged is left behind
+    /// and the database is left tidy (SQLite folds its write-ahead log back into the file).
+    async fn close(&self) {}
+}
+
+pub type DynStore = Arc<dyn Store>;
