@@ -7,9 +7,20 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
+use metrics::SharedString;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// How often recorded histogram samples are folded into their buckets. The exporter keeps
+/// raw samples until then, so without this upkeep its memory grows with every request.
+pub const METRICS_UPKEEP_INTERVAL_MS: u64 = 5_000;
+/// Upper bounds of the request-duration histogram, in seconds: from a cached yes/no answer
+/// (tens of microseconds) to a slow page of the JSON API.
+const REQUEST_DURATION_BUCKETS_S: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -21,8 +32,23 @@ impl Metrics {
     pub fn install() -> Metrics {
         let handle = HANDLE
             .get_or_init(|| {
-                let recorder = PrometheusBuilder::new().build_recorder();
+                let recorder = PrometheusBuilder::new()
+                    .set_buckets(REQUEST_DURATION_BUCKETS_S)
+                    .expect("the bucket list is not empty")
+                    .build_recorder();
                 let handle = recorder.handle();
+                let upkeep = handle.clone();
+                let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(
+                    move || loop {
+                        std::thread::sleep(std::time::Duration::from_millis(
+                            METRICS_UPKEEP_INTERVAL_MS,
+                        ));
+                        upkeep.run_upkeep();
+                    },
+                );
+                if let Err(error) = spawned {
+                    tracing::warn!(%error, "no metrics upkeep thread: histograms grow until scraped");
+                }
                 // Another recorder may already be installed (an embedding program's); ours
                 // then still renders what we record through it.
                 let _ = metrics::set_global_recorder(recorder);
@@ -62,19 +88,48 @@ impl Metrics {
 }
 
 /// Middleware counting requests by matched route (never by raw path, which would let clients
-/// create unbounded label values) and status.
+/// create unbounded label values) and status. Labels are static strings so the hot path
+/// allocates nothing for them.
 pub async fn track(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
+    let route: SharedString = match request.extensions().get::<MatchedPath>() {
+        Some(path) => match path.as_str() {
+            // The hot routes, without an allocation.
+            "/state" => SharedString::const_str("/state"),
+            "/machines/{id}/state" => SharedString::const_str("/machines/{id}/state"),
+            other => SharedString::from(other.to_string()),
+        },
+        None => SharedString::const_str("unmatched"),
+    };
     let started = Instant::now();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
+    let status = SharedString::const_str(status_label(response.status().as_u16()));
     metrics::counter!("levee_http_requests_total", "route" => route.clone(), "status" => status)
         .increment(1);
     metrics::histogram!("levee_http_request_duration_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        406 => "406",
+        409 => "409",
+        413 => "413",
+        422 => "422",
+        500 => "500",
+        503 => "503",
+        other if other < 200 => "1xx",
+        other if other < 300 => "2xx",
+        other if other < 400 => "3xx",
+        other if other < 500 => "4xx",
+        _ => "5xx",
+    }
 }

@@ -1006,6 +1006,13 @@ async fn metrics_health_and_readiness_answer() {
         metrics.body
     );
     assert!(!metrics.body.contains("vm-1"), "no raw ids in labels");
+    assert!(
+        metrics
+            .body
+            .contains("levee_http_request_duration_seconds_bucket{"),
+        "request durations are a bucketed histogram (bounded memory, aggregatable): {}",
+        metrics.body
+    );
 
     let health = server.get("/healthz").await;
     assert_eq!(health.status, StatusCode::OK);
