@@ -401,14 +401,15 @@ impl App {
                 &caller.name,
             ));
         }
-        let ids: Vec<&str> = requests.iter().map(|r| r.id.as_str()).collect();
-        let audit = self.audit_entry(
-            caller,
-            "machine.create",
-            &ids.join(","),
-            json!({ "count": ids.len() }),
-        );
-        let applied = self.store.apply(Vec::new(), changes, Some(audit)).await?;
+        // One entry per machine, so `levee audit --target ID` finds a machine's creation.
+        let audits = requests
+            .iter()
+            .map(|r| {
+                let detail = json!({ "definition": r.definition, "group": r.group });
+                self.audit_entry(caller, "machine.create", &r.id, detail)
+            })
+            .collect();
+        let applied = self.store.apply(Vec::new(), changes, audits).await?;
         for record in &applied.created {
             self.cache.put(record.clone());
         }
@@ -491,7 +492,7 @@ impl App {
             &names.join(","),
             json!({ "definitions": names }),
         );
-        let applied = self.store.apply(new_defs, changes, Some(audit)).await?;
+        let applied = self.store.apply(new_defs, changes, vec![audit]).await?;
         {
             let mut map = (*self.defs()).clone();
             for (def, _) in defs {

@@ -767,3 +767,20 @@ async fn reports_refused_for_role_or_scope_are_audited() {
         "refused reports in the audit log: {audit}"
     );
 }
+
+#[tokio::test]
+async fn each_created_machine_has_its_own_audit_entry() {
+    let server = common::start().await;
+    server
+        .apply("counter.yaml", common::COUNTER_DEFINITION_YAML)
+        .await;
+    server
+        .create_machines(&[("m1", "counter", None), ("m2", "counter", Some("web"))])
+        .await;
+    let audit = server.get("/api/v1/audit?target=m2").await.json();
+    let entries = audit.as_array().expect("a list");
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert_eq!(entries[0]["action"], "machine.create");
+    assert_eq!(entries[0]["outcome"], "ok");
+    assert_eq!(entries[0]["detail"]["group"], "web");
+}

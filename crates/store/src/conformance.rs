@@ -249,7 +249,7 @@ pub async fn create_machines<S: Store>(
         .apply(
             vec![new_definition(def, &format!("digest-of-{}", def.name))],
             changes,
-            None,
+            vec![],
         )
         .await
         .expect("apply a definition and its machines");
@@ -298,7 +298,7 @@ pub async fn ping_and_backend<S: Store>(store: S) {
 pub async fn apply_versions_definitions_by_digest<S: Store>(store: S) {
     let web = linear_def("web");
     let first = store
-        .apply(vec![new_definition(&web, "d1")], vec![], None)
+        .apply(vec![new_definition(&web, "d1")], vec![], vec![])
         .await
         .unwrap();
     let (stored, new) = &first.definitions[0];
@@ -308,7 +308,7 @@ pub async fn apply_versions_definitions_by_digest<S: Store>(store: S) {
     assert_eq!(stored.digest, "d1");
 
     let again = store
-        .apply(vec![new_definition(&web, "d1")], vec![], None)
+        .apply(vec![new_definition(&web, "d1")], vec![], vec![])
         .await
         .unwrap();
     assert_eq!(
@@ -320,7 +320,7 @@ pub async fn apply_versions_definitions_by_digest<S: Store>(store: S) {
     let mut changed = web.clone();
     changed.description = Some("now with a description".to_string());
     let second = store
-        .apply(vec![new_definition(&changed, "d2")], vec![], None)
+        .apply(vec![new_definition(&changed, "d2")], vec![], vec![])
         .await
         .unwrap();
     assert_eq!(
@@ -345,7 +345,7 @@ pub async fn apply_versions_definitions_by_digest<S: Store>(store: S) {
                 new_definition(&web, "d4"),
             ],
             vec![],
-            None,
+            vec![],
         )
         .await
         .unwrap();
@@ -361,7 +361,7 @@ pub async fn apply_versions_definitions_by_digest<S: Store>(store: S) {
     runbook.kind = "Runbook".to_string();
     let api = linear_def("api");
     store
-        .apply(vec![runbook, new_definition(&api, "a1")], vec![], None)
+        .apply(vec![runbook, new_definition(&api, "a1")], vec![], vec![])
         .await
         .unwrap();
     let all = store.definitions(None).await.unwrap();
@@ -401,7 +401,7 @@ pub async fn apply_creates_machines_and_skips_existing<S: Store>(store: S) {
                 new_instance(&web, "m1", Some("g1"), NOW_MS, "tester"),
                 new_instance(&web, "m2", Some("g1"), NOW_MS, "tester"),
             ],
-            Some(audit_entry("admin", "definition.apply", "web")),
+            vec![audit_entry("admin", "definition.apply", "web")],
         )
         .await
         .unwrap();
@@ -428,7 +428,7 @@ pub async fn apply_creates_machines_and_skips_existing<S: Store>(store: S) {
                 new_instance(&web, "m2", Some("g2"), NOW_MS + 1, "tester"),
                 new_instance(&web, "m3", None, NOW_MS, "tester"),
             ],
-            Some(audit_entry("admin", "definition.apply", "web")),
+            vec![audit_entry("admin", "definition.apply", "web")],
         )
         .await
         .unwrap();
@@ -452,7 +452,7 @@ pub async fn apply_creates_machines_and_skips_existing<S: Store>(store: S) {
         .apply(
             vec![new_definition(&web, "d1")],
             vec![new_instance(&web, "m1", None, NOW_MS, "tester")],
-            Some(audit_entry("admin", "definition.apply", "web")),
+            vec![audit_entry("admin", "definition.apply", "web")],
         )
         .await
         .unwrap();
@@ -467,7 +467,7 @@ pub async fn apply_creates_machines_and_skips_existing<S: Store>(store: S) {
                 new_instance(&web, "m4", Some("first"), NOW_MS, "tester"),
                 new_instance(&web, "m4", Some("second"), NOW_MS, "tester"),
             ],
-            None,
+            vec![],
         )
         .await
         .unwrap();
@@ -765,7 +765,7 @@ pub async fn due_timers_are_earliest_first_and_limited<S: Store>(store: S) {
                 at("later", NOW_MS + 5_000),
                 new_instance(&plain, "no-timer", None, NOW_MS - 10_000, "tester"),
             ],
-            None,
+            vec![],
         )
         .await
         .unwrap();
@@ -1104,7 +1104,7 @@ pub async fn large_writes_commit_whole<S: Store>(store: S) {
         .map(|id| new_instance(&def, id, Some("big"), NOW_MS, "tester"))
         .collect();
     let applied_machines = store
-        .apply(vec![new_definition(&def, "big-1")], changes, None)
+        .apply(vec![new_definition(&def, "big-1")], changes, vec![])
         .await
         .expect("a large apply");
     assert_eq!(applied_machines.created.len(), MACHINES);

@@ -178,13 +178,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores definitions and creates new machines, atomically: all or nothing. A definition
     /// whose digest equals its latest version's is not stored again. New machines come as the
-    /// engine's `new_instance` changes; ids that already exist are skipped. The audit entry's
-    /// `outcome` is set by the store: `ok` if a version or machine was added, else `noop`.
+    /// engine's `new_instance` changes; ids that already exist are skipped. The audit entries
+    /// (one per target, so the log can be filtered by machine) are written in the same
+    /// transaction; their `outcome` is set by the store: `ok` if a version or machine was
+    /// added, else `noop`.
     async fn apply(
         &self,
         definitions: Vec<NewDefinition>,
         machines: Vec<Change>,
-        audit: Option<AuditEntry>,
+        audits: Vec<AuditEntry>,
     ) -> Result<Applied>;
 
     /// The latest version of a definition.

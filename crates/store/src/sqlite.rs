@@ -316,12 +316,12 @@ impl Store for SqliteStore {
         &self,
         definitions: Vec<NewDefinition>,
         machines: Vec<Change>,
-        audit: Option<AuditEntry>,
+        audits: Vec<AuditEntry>,
     ) -> Result<Applied> {
         self.write(|reply| Write::Apply {
             definitions,
             machines,
-            audit,
+            audits,
             reply,
         })
         .await

@@ -410,7 +410,7 @@ async fn a_failed_commit_fails_its_whole_batch_and_keeps_nothing() {
         .apply(
             vec![new_definition(&changed, "digest-2")],
             vec![new_instance(&web, "poison", None, NOW_MS, "tester")],
-            Some(audit_entry("admin", "definition.apply", "poisoned-apply")),
+            vec![audit_entry("admin", "definition.apply", "poisoned-apply")],
         )
         .await;
     assert!(matches!(apply, Err(Error::Unavailable(_))), "{apply:?}");
@@ -454,7 +454,7 @@ async fn a_failed_commit_fails_its_whole_batch_and_keeps_nothing() {
         .apply(
             vec![new_definition(&changed, "digest-2")],
             vec![new_instance(&web, "poison", None, NOW_MS, "tester")],
-            None,
+            vec![],
         )
         .await
         .expect("the retry commits");

@@ -51,7 +51,7 @@ pub(crate) enum Write {
     Apply {
         definitions: Vec<NewDefinition>,
         machines: Vec<Change>,
-        audit: Option<AuditEntry>,
+        audits: Vec<AuditEntry>,
         reply: Reply<Applied>,
     },
     Audit {
@@ -339,10 +339,10 @@ async fn run_batch(
             Write::Apply {
                 definitions,
                 machines,
-                audit,
+                audits,
                 reply,
             } => {
-                let outcome = batch.apply(conn, definitions, machines, audit).await;
+                let outcome = batch.apply(conn, definitions, machines, audits).await;
                 settle(done, reply, outcome)?;
             }
             Write::Audit { entry, reply } => {
@@ -743,7 +743,7 @@ impl Batch {
         conn: &mut SqliteConnection,
         definitions: Vec<NewDefinition>,
         machines: Vec<Change>,
-        audit: Option<AuditEntry>,
+        audits: Vec<AuditEntry>,
     ) -> Result<Result<Applied>> {
         // Check everything that can be checked before writing anything.
         for change in &machines {
@@ -799,7 +799,13 @@ impl Batch {
             created.push(change.record);
         }
         let changed = stored.iter().any(|(_, new)| *new) || !created.is_empty();
-        push_audit(&mut self.audit, audit, if changed { "ok" } else { "noop" });
+        for audit in audits {
+            push_audit(
+                &mut self.audit,
+                Some(audit),
+                if changed { "ok" } else { "noop" },
+            );
+        }
         Ok(Ok(Applied {
             definitions: stored,
             created,
