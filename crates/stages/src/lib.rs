@@ -1,0 +1,105 @@
+//! The stage library: what a runbook task can do, behind one trait, and the checks behind its
+//! `pre`, `post` and `health` conditions.
+//!
+//! A task names a stage (`stage: shell`) and gives it arguments (`with:`). The runbook engine
+//! looks the stage up in a [`Registry`], validates the arguments before the run starts
+//! ([`Stage::validate`]), journals that the step starts, runs it ([`Stage::run`]) with a
+//! [`StageContext`] (cancellation, a deadline, a step reporter, an output sink), and journals the
+//! [`StageOutcome`]. Because execution is at-least-once, every stage says whether running it
+//! twice is safe ([`Stage::idempotent`], refined by [`Stage::idempotent_for`] from the
+//! arguments); an in-flight step of a stage that is not idempotent waits for an operator after a
+//! crash instead of being re-run.
+//!
+//! # Stages carried out here
+//!
+//! | stage   | arguments | idempotent |
+//! |---------|-----------|------------|
+//! | `shell` | `command: [program, arg, ...]` (required), `env: {K: V}`, `cwd`, `timeout` (30s) | no |
+//! | `http`  | `method` (GET), `url` (required), `body`, `headers`, `expect_status` (2xx), `timeout` (10s) | GET, HEAD, PUT, DELETE, OPTIONS |
+//! | `wait`  | `duration` (required) | yes |
+//! | `log`   | `message` (required) | yes |
+//!
+//! `shell` runs argv directly, never through a shell, in its own process group; at its timeout
+//! or on cancellation the whole group gets SIGTERM, then SIGKILL after [`KILL_GRACE_MS`].
+//! Output is kept up to [`MAX_OUTPUT_BYTES`] (the tail for commands, the head for HTTP bodies).
+//! `http` follows at most [`MAX_HTTP_REDIRECTS`] redirects and only within the scheme, host and
+//! port of the written URL; a redirect anywhere else fails the stage.
+//!
+//! # Stages carried out by the server
+//!
+//! `approval` (`approvers?: [names]`, `not_starter: bool`, `expires: 1h`) waits on an operator
+//! and `state` (`machine`, `advance?: STATE`, `event?`, `wait_for?: [STATE...]`, `timeout`)
+//! advances or waits on a Levee state machine. Both need the server's store, so they are not
+//! implemented here; the registry lists their arguments ([`SERVER_STAGES`]) so definitions that
+//! use them are linted like any other, and [`Registry::stage_execution`] says
+//! [`Execution::Server`] for them. Likewise the `state` check ([`SERVER_CHECKS`]).
+//!
+//! # Checks
+//!
+//! [`Check`]s only observe. `http` (GET, expected status, optionally a JSON `field` that
+//! `equals` a value), `shell` (exit code 0) and `metric` (`query` with `below` and/or `above`,
+//! over any [`MetricSource`]). Every uncertain answer fails the check: no data, NaN, an
+//! unreachable source, an unreadable body.
+
+mod args;
+mod check;
+mod context;
+mod http;
+mod log;
+mod process;
+mod registry;
+mod shell;
+mod wait;
+
+use async_trait::async_trait;
+
+pub use args::{ArgError, ArgKind, ArgSpec, Strictness, check_args};
+pub use check::{
+    Check, CheckOutcome, HttpCheck, MAX_CHECK_OUTPUT_BYTES, MAX_FIELD_PATH_SEGMENTS,
+    METRIC_QUERY_TIMEOUT_MS, MetricCheck, MetricError, MetricSource, NoMetricSource, ShellCheck,
+    StaticMetrics, json_field,
+};
+pub use context::{
+    CancelToken, Canceller, CapturedOutput, MAX_OUTPUT_BYTES, OutputSink, STEP_CHANNEL_CAPACITY,
+    StageContext, StageOutcome, StageOutput, Step, StepCommit, StepError, StepReporter,
+};
+pub use http::{
+    DEFAULT_HTTP_TIMEOUT_MS, HttpStage, MAX_EXPECTED_STATUSES, MAX_HTTP_HEADERS,
+    MAX_HTTP_REDIRECTS, MAX_HTTP_REQUEST_BODY_BYTES, MAX_HTTP_TIMEOUT_MS,
+};
+pub use log::{LogStage, MAX_LOG_MESSAGE_BYTES};
+pub use process::{KILL_GRACE_MS, PIPE_DRAIN_AFTER_EXIT_MS};
+pub use registry::{
+    Execution, LintError, MAX_APPROVAL_EXPIRY_MS, MAX_APPROVERS, MAX_STATE_LIST, Registry,
+    RegistryError, SERVER_CHECKS, SERVER_STAGES, ServerCheck, ServerStage,
+};
+pub use shell::{
+    DEFAULT_SHELL_TIMEOUT_MS, MAX_COMMAND_ARGS, MAX_ENV_ENTRIES, MAX_SHELL_TIMEOUT_MS, ShellStage,
+};
+pub use wait::{MAX_WAIT_MS, WaitStage};
+
+/// Something a runbook task can do.
+#[async_trait]
+pub trait Stage: Send + Sync {
+    /// The name definitions use (`stage: shell`).
+    fn name(&self) -> &'static str;
+
+    /// Whether running it twice is safe (a crash may re-run an in-flight step).
+    fn idempotent(&self) -> bool;
+
+    /// Whether running it twice with these arguments is safe; stages whose safety depends on
+    /// their arguments (an HTTP GET versus a POST) override it.
+    fn idempotent_for(&self, _args: &serde_json::Value) -> bool {
+        self.idempotent()
+    }
+
+    /// The arguments it accepts, for linting definitions (`unknown stage arguments`) and docs.
+    fn args(&self) -> &'static [ArgSpec];
+
+    /// Checks arguments before a run starts (types, ranges); errors name the argument.
+    fn validate(&self, args: &serde_json::Value) -> Result<(), ArgError>;
+
+    /// Does the work. Invalid arguments give a non-retryable failure rather than a panic, so a
+    /// caller that skipped [`Stage::validate`] still gets an answer.
+    async fn run(&self, ctx: StageContext, args: &serde_json::Value) -> StageOutcome;
+}
