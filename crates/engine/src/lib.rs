@@ -4,6 +4,7 @@
 //! the server) load records, call these functions, and persist what they return.
 
 pub mod machine;
+pub mod runbook;
 
 pub use machine::{
     Answer, Change, HistoryEntry, HistoryKind, MachineRecord, NoReason, Peers, Refusal, Replay,
