@@ -514,6 +514,17 @@ fn describe(definition: &Definition) -> String {
             plural(def.states.len(), "state"),
             plural(def.instances.len(), "instance")
         ),
+        Definition::Runbook(def) => format!(
+            "Runbook {} ({}, {})",
+            def.name,
+            plural(def.tasks.len(), "task"),
+            plural(def.includes.len(), "include")
+        ),
+        Definition::TaskTemplate(def) => format!(
+            "TaskTemplate {} ({})",
+            def.name,
+            plural(def.steps.len(), "step")
+        ),
     }
 }
 
@@ -524,6 +535,8 @@ fn validate(args: &ValidateArgs) -> u8 {
         allow_past_timers: false,
     };
     let mut code = EXIT_OK;
+    let mut all_definitions = Vec::new();
+    let mut loaded_ok: Vec<(String, String)> = Vec::new();
     for path in &args.files {
         let file = path.display().to_string();
         let text = match read_file(path) {
@@ -548,8 +561,9 @@ fn validate(args: &ValidateArgs) -> u8 {
                     eprint_line(warning);
                 }
                 for definition in &definitions {
-                    print_line(format_args!("ok  {file}: {}", describe(definition)));
+                    loaded_ok.push((file.clone(), describe(definition)));
                 }
+                all_definitions.extend(definitions);
             }
             Err(diagnostics) => {
                 for diagnostic in &diagnostics {
@@ -559,6 +573,21 @@ fn validate(args: &ValidateArgs) -> u8 {
                     code = code.max(EXIT_NO);
                 }
             }
+        }
+    }
+    // References between files (templates, included runbooks, recovery runbooks) and stage
+    // arguments can only be checked with every file loaded.
+    let linked = crate::lint::lint(&all_definitions);
+    for diagnostic in &linked {
+        eprint_line(diagnostic);
+    }
+    if linked.iter().any(Diagnostic::is_error) {
+        code = code.max(EXIT_NO);
+    }
+    // "ok" only for files that no error points into, once everything has been checked.
+    for (file, description) in &loaded_ok {
+        if !linked.iter().any(|d| d.is_error() && d.file == *file) {
+            print_line(format_args!("ok  {file}: {description}"));
         }
     }
     code

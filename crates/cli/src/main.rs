@@ -2,6 +2,7 @@
 
 mod client;
 mod commands;
+mod lint;
 mod serve;
 
 use std::io::IsTerminal;

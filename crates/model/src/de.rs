@@ -36,6 +36,7 @@ use crate::yaml::{Loc, Node, NodeValue, ScalarKind};
 const SPANNED_NAME: &str = "$levee::Spanned";
 const RECOVER_NAME: &str = "$levee::Recover";
 const ONE_OR_MANY_NAME: &str = "$levee::OneOrMany";
+const JSON_NAME: &str = "$levee::Json";
 /// Structs renamed to start with this prefix (`#[serde(rename =
 /// "$levee::shorthand::to::transition")]`) also accept a scalar, read as a mapping with the one
 /// field named after the prefix (`to`); the last part names the struct in messages.
@@ -552,6 +553,9 @@ impl<'r, 'n> Deserializer<'n> for NodeDe<'r, 'n> {
                 node: Some(self.node),
                 reader: self.reader,
             }),
+            JSON_NAME => visitor
+                .visit_newtype_struct(node_to_json(self.node))
+                .map_err(|error| DeError::new("invalid-value", sentence(error.to_string()))),
             ONE_OR_MANY_NAME => match &self.node.value {
                 NodeValue::Sequence(items) => visitor.visit_seq(SeqDe::new(items, self.reader)),
                 _ => visitor.visit_seq(SeqDe::new(std::slice::from_ref(self.node), self.reader)),
@@ -975,6 +979,97 @@ impl<T: JsonSchema> JsonSchema for OneOrMany<T> {
             ]
         })
     }
+}
+
+/// Any YAML value as JSON, with YAML's types: plain `3` is a number, `true` a boolean, `~` null,
+/// and quoted scalars are strings. Free-form values (stage arguments) are kept this way so a
+/// stage receives `count: 3` as the number it was written as, not as the text `"3"`. Other
+/// deserializers than the loader's read it as JSON.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Json(pub serde_json::Value);
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct JsonVisitor;
+
+        impl<'de> Visitor<'de> for JsonVisitor {
+            type Value = Json;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any value")
+            }
+
+            fn visit_newtype_struct<D: Deserializer<'de>>(
+                self,
+                deserializer: D,
+            ) -> Result<Json, D::Error> {
+                serde_json::Value::deserialize(deserializer).map(Json)
+            }
+        }
+
+        deserializer.deserialize_newtype_struct(JSON_NAME, JsonVisitor)
+    }
+}
+
+impl JsonSchema for Json {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AnyValue".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_generator: &mut SchemaGenerator) -> Schema {
+        json_schema!(true)
+    }
+}
+
+/// Converts a node to JSON with YAML 1.2's core types for plain scalars.
+pub(crate) fn node_to_json(node: &Node) -> serde_json::Value {
+    use serde_json::Value;
+    match &node.value {
+        _ if node.is_null() => Value::Null,
+        NodeValue::Scalar {
+            text,
+            kind: ScalarKind::Quoted,
+        } => Value::String(text.clone()),
+        NodeValue::Scalar { text, .. } => plain_scalar_to_json(text),
+        NodeValue::Sequence(items) => Value::Array(items.iter().map(node_to_json).collect()),
+        NodeValue::Mapping(entries) => Value::Object(
+            entries
+                .iter()
+                .map(|(key, value)| {
+                    let key = match &key.value {
+                        NodeValue::Scalar { text, .. } => text.clone(),
+                        _ => key.describe(),
+                    };
+                    (key, node_to_json(value))
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn plain_scalar_to_json(text: &str) -> serde_json::Value {
+    use serde_json::Value;
+    match text {
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        _ => {}
+    }
+    if let Some(integer) = parse_integer(text).and_then(|value| i64::try_from(value).ok()) {
+        return Value::from(integer);
+    }
+    let looks_numeric = text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
+        && text.bytes().any(|b| b.is_ascii_digit());
+    if looks_numeric
+        && let Ok(float) = text.parse::<f64>()
+        && let Some(number) = serde_json::Number::from_f64(float)
+    {
+        return Value::Number(number);
+    }
+    Value::String(text.to_string())
 }
 
 /// A mapping read in the order it was written (keys are unique: the YAML layer refuses

@@ -6,10 +6,15 @@
 //! and column.
 //!
 //! - [`load_documents`] (and [`load_documents_with_warnings`]) reads a file of `---`-separated
-//!   native definitions (`kind: StateMachine`, more kinds to come) and reports every problem
-//!   it finds, each with a stable code such as `unknown-key` or `unknown-state`.
+//!   native definitions (`kind: StateMachine`, `kind: Runbook`, `kind: TaskTemplate`) and
+//!   reports every problem it finds, each with a stable code such as `unknown-key` or
+//!   `unknown-state`.
+//! - [`link`] checks runbooks and templates against each other (across files) and against the
+//!   stage library, and flattens each runbook into a [`ResolvedRunbook`]; [`bind_params`] and
+//!   [`render`] give a run its parameter values.
 //! - [`stateservice::load`] reads Facebook StateService's `current_state` / `states` file.
-//! - [`schema::state_machine_schema`] is the JSON Schema editors use to check files as they are
+//! - [`schema::state_machine_schema`] (and [`schema::runbook_schema`],
+//!   [`schema::task_template_schema`]) is the JSON Schema editors use to check files as they are
 //!   written; it is generated from the same serde types that parse them.
 //! - [`parse_duration_ms`] and [`names`] are the shapes of durations and names, for other
 //!   crates that accept them (URLs, CLI arguments).
@@ -19,24 +24,39 @@
 //! deserializer that records every error where it happened and carries on.
 
 pub mod diagnostic;
+pub mod graph;
+pub mod link;
 pub mod load;
 pub mod machine;
 pub mod names;
+pub mod params;
+pub mod runbook;
 pub mod schema;
 pub mod stateservice;
 pub mod time;
 
 mod de;
+mod runbook_spec;
 mod state_machine;
 mod yaml;
 
 pub use diagnostic::{Diagnostic, Severity};
+pub use link::{
+    MAX_INCLUDE_DEPTH, MAX_TASKS_PER_RUNBOOK, ResolvedRunbook, ResolvedTask, StageArg,
+    StageCatalog, link,
+};
 pub use load::{
     Definition, LoadContext, Loaded, known_kinds, load_documents, load_documents_with_warnings,
 };
 pub use machine::{
     CompatCounter, DEFAULT_EVENT, DefFormat, EventTransition, Guard, MachineDef, StateDef, Timer,
 };
+pub use params::{BoundParams, ParamError, bind_params, render, render_text};
+pub use runbook::{
+    Arguments, Check, CheckKind, IncludeDef, JsonCheck, Located, Origin, ParamDef, ParamType,
+    Purpose, RetryPolicy, RunbookDef, StepDef, TaskAction, TaskDef, TemplateDef, Threshold,
+};
+pub use runbook_spec::{RUNBOOK_KIND, TASK_ID_PATTERN, TEMPLATE_KIND, is_valid_task_id};
 pub use time::{parse_duration_ms, parse_instant_ms};
 pub use yaml::{MAX_YAML_DEPTH, MAX_YAML_NODES};
 

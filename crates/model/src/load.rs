@@ -14,6 +14,8 @@ use std::collections::HashMap;
 use crate::de::{Reader, UnknownKeys};
 use crate::machine::MachineDef;
 use crate::names;
+use crate::runbook::{RunbookDef, TemplateDef};
+use crate::runbook_spec::{self, RUNBOOK_KIND, TEMPLATE_KIND};
 use crate::state_machine;
 use crate::yaml::{self, Loc, Node, abbreviate};
 use crate::{Diagnostic, MAX_DEFINITION_BYTES};
@@ -44,6 +46,9 @@ impl LoadContext {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Definition {
     StateMachine(MachineDef),
+    /// Valid on its own; [`crate::link`] checks it against the other definitions.
+    Runbook(RunbookDef),
+    TaskTemplate(TemplateDef),
 }
 
 impl Definition {
@@ -51,6 +56,8 @@ impl Definition {
     pub fn kind(&self) -> &'static str {
         match self {
             Definition::StateMachine(_) => state_machine::KIND,
+            Definition::Runbook(_) => RUNBOOK_KIND,
+            Definition::TaskTemplate(_) => TEMPLATE_KIND,
         }
     }
 
@@ -58,6 +65,8 @@ impl Definition {
     pub fn name(&self) -> &str {
         match self {
             Definition::StateMachine(machine) => &machine.name,
+            Definition::Runbook(runbook) => &runbook.name,
+            Definition::TaskTemplate(template) => &template.name,
         }
     }
 
@@ -65,6 +74,7 @@ impl Definition {
     pub fn as_state_machine(&self) -> Option<&MachineDef> {
         match self {
             Definition::StateMachine(machine) => Some(machine),
+            _ => None,
         }
     }
 
@@ -72,6 +82,23 @@ impl Definition {
     pub fn into_state_machine(self) -> Option<MachineDef> {
         match self {
             Definition::StateMachine(machine) => Some(machine),
+            _ => None,
+        }
+    }
+
+    /// The runbook, if this is one.
+    pub fn as_runbook(&self) -> Option<&RunbookDef> {
+        match self {
+            Definition::Runbook(runbook) => Some(runbook),
+            _ => None,
+        }
+    }
+
+    /// The task template, if this is one.
+    pub fn as_template(&self) -> Option<&TemplateDef> {
+        match self {
+            Definition::TaskTemplate(template) => Some(template),
+            _ => None,
         }
     }
 }
@@ -88,7 +115,19 @@ type CompileFn = fn(&Node, &Reader, &LoadContext) -> Option<Definition>;
 
 /// Every kind of document, with the function that compiles it. The order is the order error
 /// messages list them in.
-pub(crate) const KINDS: &[(&str, CompileFn)] = &[(state_machine::KIND, compile_state_machine)];
+pub(crate) const KINDS: &[(&str, CompileFn)] = &[
+    (state_machine::KIND, compile_state_machine),
+    (RUNBOOK_KIND, compile_runbook),
+    (TEMPLATE_KIND, compile_template),
+];
+
+fn compile_runbook(root: &Node, reader: &Reader, _ctx: &LoadContext) -> Option<Definition> {
+    runbook_spec::compile_runbook(root, reader).map(Definition::Runbook)
+}
+
+fn compile_template(root: &Node, reader: &Reader, _ctx: &LoadContext) -> Option<Definition> {
+    runbook_spec::compile_template(root, reader).map(Definition::TaskTemplate)
+}
 
 fn compile_state_machine(root: &Node, reader: &Reader, ctx: &LoadContext) -> Option<Definition> {
     state_machine::compile(root, reader, ctx).map(Definition::StateMachine)

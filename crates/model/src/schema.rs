@@ -1,7 +1,8 @@
 //! JSON Schema for definitions, generated from the serde types that parse them, so editors
 //! check what the loader checks (key names, types, shapes, name patterns) as you type.
 //!
-//! The schema is kept in the repository at `schemas/state-machine.schema.json`; a test fails
+//! The schemas are kept in the repository at `schemas/state-machine.schema.json`,
+//! `schemas/runbook.schema.json` and `schemas/task-template.schema.json`; a test fails
 //! when it is out of date, and `LEVEE_UPDATE_SCHEMAS=1 cargo test -p levee-model` rewrites it.
 //! With the YAML language server (VS Code's YAML extension, Neovim, Helix, ...), point a file
 //! at it with a comment on its first line:
@@ -23,6 +24,7 @@
 
 use schemars::generate::SchemaSettings;
 
+use crate::runbook_spec::{RunbookSpec, TemplateSpec};
 use crate::state_machine::StateMachineSpec;
 
 /// Where the state machine schema lives, relative to the repository root.
@@ -37,9 +39,42 @@ pub fn state_machine_schema() -> serde_json::Value {
         .to_value()
 }
 
+/// Where the runbook schema lives, relative to the repository root.
+pub const RUNBOOK_SCHEMA_PATH: &str = "schemas/runbook.schema.json";
+/// Where the task template schema lives, relative to the repository root.
+pub const TASK_TEMPLATE_SCHEMA_PATH: &str = "schemas/task-template.schema.json";
+
+/// The JSON Schema of a `kind: Runbook` document. It cannot check what needs other
+/// documents (stages and their arguments, templates, included runbooks, cycles): `levee
+/// validate` with every file does.
+pub fn runbook_schema() -> serde_json::Value {
+    let generator = SchemaSettings::draft07().for_deserialize().into_generator();
+    generator.into_root_schema_for::<RunbookSpec>().to_value()
+}
+
+/// The JSON Schema of a `kind: TaskTemplate` document.
+pub fn task_template_schema() -> serde_json::Value {
+    let generator = SchemaSettings::draft07().for_deserialize().into_generator();
+    generator.into_root_schema_for::<TemplateSpec>().to_value()
+}
+
+/// [`runbook_schema`] as written to [`RUNBOOK_SCHEMA_PATH`].
+pub fn runbook_schema_text() -> String {
+    pretty(&runbook_schema())
+}
+
+/// [`task_template_schema`] as written to [`TASK_TEMPLATE_SCHEMA_PATH`].
+pub fn task_template_schema_text() -> String {
+    pretty(&task_template_schema())
+}
+
 /// The schema as written to [`STATE_MACHINE_SCHEMA_PATH`]: pretty-printed, with a final newline.
 pub fn state_machine_schema_text() -> String {
-    let mut text = serde_json::to_string_pretty(&state_machine_schema())
+    pretty(&state_machine_schema())
+}
+
+fn pretty(schema: &serde_json::Value) -> String {
+    let mut text = serde_json::to_string_pretty(schema)
         .unwrap_or_else(|error| format!("{{\"error\": \"{error}\"}}"));
     text.push('\n');
     text

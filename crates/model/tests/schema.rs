@@ -54,3 +54,64 @@ fn schema_describes_the_native_format() {
     let guard_in = &schema["definitions"]["Guard"]["properties"]["in"];
     assert!(guard_in["anyOf"][1]["type"] == "array", "{guard_in}");
 }
+
+fn check_file(relative: &str, expected: String) {
+    let path = repository_path(relative);
+    if std::env::var("LEVEE_UPDATE_SCHEMAS").as_deref() == Ok("1") {
+        let directory = path.parent().expect("the schema path has a directory");
+        std::fs::create_dir_all(directory).expect("create the schemas directory");
+        std::fs::write(&path, &expected).expect("write the schema");
+        return;
+    }
+    let actual = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        actual == expected,
+        "{} is out of date with the serde types; regenerate it with \
+         `LEVEE_UPDATE_SCHEMAS=1 cargo test -p levee-model --test schema`",
+        path.display()
+    );
+}
+
+#[test]
+fn runbook_schema_file_is_up_to_date() {
+    check_file(
+        levee_model::schema::RUNBOOK_SCHEMA_PATH,
+        levee_model::schema::runbook_schema_text(),
+    );
+}
+
+#[test]
+fn task_template_schema_file_is_up_to_date() {
+    check_file(
+        levee_model::schema::TASK_TEMPLATE_SCHEMA_PATH,
+        levee_model::schema::task_template_schema_text(),
+    );
+}
+
+#[test]
+fn runbook_schema_describes_tasks_checks_and_includes() {
+    let schema = levee_model::schema::runbook_schema();
+    assert_eq!(schema["additionalProperties"], false);
+    assert_eq!(schema["properties"]["kind"]["const"], "Runbook");
+    let task = &schema["definitions"]["Task"];
+    assert_eq!(task["additionalProperties"], false);
+    for key in [
+        "id", "stage", "template", "with", "needs", "after", "pre", "post", "health",
+    ] {
+        assert!(task["properties"][key].is_object(), "task key {key}");
+    }
+    assert_eq!(task["oneOf"][0]["required"][0], "stage");
+    let retries = &schema["definitions"]["Retries"];
+    assert_eq!(retries["anyOf"][0]["type"], "integer");
+    let check = &schema["definitions"]["Check"];
+    assert_eq!(check["oneOf"].as_array().map(Vec::len), Some(4));
+    assert!(schema["definitions"]["Include"]["properties"]["runbook"].is_object());
+    let purposes = &schema["definitions"]["Purpose"]["enum"];
+    assert_eq!(
+        purposes,
+        &serde_json::json!(["drain", "restore", "maintenance", "other"])
+    );
+    let template = levee_model::schema::task_template_schema();
+    assert_eq!(template["properties"]["kind"]["const"], "TaskTemplate");
+    assert!(template["definitions"]["Step"]["properties"]["stage"].is_object());
+}

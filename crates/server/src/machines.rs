@@ -439,11 +439,16 @@ impl App {
         let ctx = self.load_context(false);
         let mut diagnostics: Vec<Diagnostic> = Vec::new();
         let mut machine_defs = Vec::new();
+        let mut not_yet = Vec::new();
         for (name, content) in &files {
             match levee_model::load_documents(name, content, &ctx) {
                 Ok(defs) => {
-                    for def in defs.into_iter().filter_map(Definition::into_state_machine) {
-                        machine_defs.push((def, content.clone()));
+                    for def in defs {
+                        let (kind, def_name) = (def.kind(), def.name().to_string());
+                        match def.into_state_machine() {
+                            Some(machine) => machine_defs.push((machine, content.clone())),
+                            None => not_yet.push(format!("{kind} `{def_name}` in {name}")),
+                        }
                     }
                 }
                 Err(errors) => diagnostics.extend(errors),
@@ -451,6 +456,18 @@ impl App {
         }
         if !diagnostics.is_empty() {
             return Err(invalid_definitions(diagnostics));
+        }
+        if !not_yet.is_empty() {
+            // Storing a runbook this server cannot run would look like success; refuse whole.
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "kind_not_applicable",
+                format!(
+                    "this server cannot store {} yet: only StateMachine definitions can be \
+                     applied; check runbooks offline with `levee validate`",
+                    not_yet.join(", ")
+                ),
+            ));
         }
         self.store_machine_defs(caller, machine_defs, "definition.apply")
             .await

@@ -1082,3 +1082,37 @@ async fn unknown_routes_answer_404_with_a_json_error() {
     assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.body);
     assert!(answer.body.contains("--machine"), "{}", answer.body);
 }
+
+#[tokio::test]
+async fn applying_a_runbook_is_refused_whole_until_runbooks_can_run() {
+    let server = common::start().await;
+    let files = "\
+kind: Runbook
+name: noop
+tasks:
+  - id: say
+    stage: log
+    with: { message: hello }
+---
+kind: StateMachine
+name: side
+states:
+  - name: only
+    final: true
+";
+    let answer = server.apply_as(None, "mixed.yaml", files).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        answer.body
+    );
+    assert_eq!(answer.error_code(), "kind_not_applicable");
+    assert!(answer.body.contains("Runbook `noop`"), "{}", answer.body);
+    let definitions = server.get("/api/v1/definitions").await.json();
+    assert_eq!(
+        definitions,
+        serde_json::json!([]),
+        "nothing stored, not even the machine"
+    );
+}
