@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use levee_model::{Definition, Diagnostic, LoadContext};
 use levee_server::auth::{self, Role, Scope};
 use levee_server::http::api::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
+use levee_server::runbooks::PlanView;
 use levee_store::{AuditEntry, TokenRecord};
 use reqwest::header::{ETAG, IF_MATCH};
 use reqwest::{Method, StatusCode};
@@ -55,6 +56,9 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Stores definition files on the server and creates the machines they declare.
     Apply(ApplyArgs),
+    /// Shows what a run of a stored runbook would do, without doing it: the order in waves,
+    /// predicted durations, the critical path and the speedup; exits 1 on parameter errors.
+    Plan(PlanArgs),
     /// Asks about, reports to, lists and creates machines.
     #[command(subcommand)]
     State(StateCommand),
@@ -118,6 +122,29 @@ pub struct ApplyArgs {
     pub server: ServerArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// Name of a runbook stored with `levee apply`.
+    pub runbook: String,
+    /// A parameter of the runbook, as `key=value`; repeat for several.
+    #[arg(short = 'p', long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `key=value` → (`key`, `value`); the value may itself contain `=`.
+fn parse_param(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!(
+            "`{text}` is not KEY=VALUE; write a parameter like `-p dc=east`"
+        )),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -389,6 +416,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             .map_err(CliError::from),
         Command::Validate(args) => Ok(validate(&args)),
         Command::Apply(args) => apply(&args).await,
+        Command::Plan(args) => plan(&args).await,
         Command::State(command) => match command {
             StateCommand::Check(args) => Ok(state_check(&args).await),
             StateCommand::Advance(args) => Ok(state_advance(&args).await),
@@ -577,7 +605,7 @@ fn validate(args: &ValidateArgs) -> u8 {
     }
     // References between files (templates, included runbooks, recovery runbooks) and stage
     // arguments can only be checked with every file loaded.
-    let linked = crate::lint::lint(&all_definitions);
+    let linked = levee_server::runbooks::lint(&all_definitions);
     for diagnostic in &linked {
         eprint_line(diagnostic);
     }
@@ -668,6 +696,146 @@ async fn apply(args: &ApplyArgs) -> Outcome {
         ));
     }
     Ok(EXIT_OK)
+}
+
+async fn plan(args: &PlanArgs) -> Outcome {
+    let client = args.server.client()?;
+    let params: serde_json::Map<String, Value> = args
+        .params
+        .iter()
+        .map(|(key, value)| (key.clone(), Value::String(value.clone())))
+        .collect();
+    let body = json!({ "params": params });
+    let reply = client
+        .send(
+            Method::POST,
+            &["api", "v1", "runbooks", &args.runbook, "plan"],
+            &[],
+            &[],
+            Some(&body),
+        )
+        .await?;
+    if !reply.status.is_success() {
+        let failure = client.failure(&reply);
+        if failure.code == "invalid_params" {
+            let errors: Vec<levee_model::ParamError> = failure
+                .error
+                .get("params")
+                .cloned()
+                .and_then(|p| serde_json::from_value(p).ok())
+                .unwrap_or_default();
+            if errors.is_empty() {
+                eprint_line(format_args!("error: {}", failure.message));
+            }
+            for error in &errors {
+                eprint_line(error);
+            }
+            return Ok(EXIT_NO);
+        }
+        return Err(failure.into());
+    }
+    let value = parse_reply(&client, &reply)?;
+    if args.output.output == Output::Json {
+        print_json(&value);
+        return Ok(EXIT_OK);
+    }
+    let plan: PlanView =
+        serde_json::from_value(value).map_err(|error| unexpected(&client, "a plan", error))?;
+    print_raw(&plan_table(&plan));
+    Ok(EXIT_OK)
+}
+
+/// The table form of a plan, as `levee plan` prints it.
+fn plan_table(plan: &PlanView) -> String {
+    let mut out = format!("Runbook {} v{}\n", plan.runbook, plan.version);
+    out.push_str("\nParameters\n");
+    if plan.params.is_empty() {
+        out.push_str("(none)\n");
+    } else {
+        let rows: Vec<Vec<String>> = plan
+            .params
+            .iter()
+            .map(|(name, value)| {
+                let text = match value {
+                    Value::String(text) => text.clone(),
+                    Value::Null => "-".to_string(),
+                    other => other.to_string(),
+                };
+                vec![name.clone(), text]
+            })
+            .collect();
+        out.push_str(&table(&["NAME", "VALUE"], &rows));
+    }
+    out.push_str("\nWaves\n");
+    let mut rows = Vec::new();
+    for (number, wave) in plan.waves.iter().enumerate() {
+        for (i, id) in wave.iter().enumerate() {
+            let Some(task) = plan.tasks.iter().find(|t| &t.id == id) else {
+                continue;
+            };
+            let on_path = if plan.critical_path.tasks.contains(id) {
+                "*"
+            } else {
+                ""
+            };
+            rows.push(vec![
+                if i == 0 {
+                    (number + 1).to_string()
+                } else {
+                    String::new()
+                },
+                id.clone(),
+                task.stage.clone(),
+                format!(
+                    "{} ({})",
+                    human_ms(task.predicted.duration_ms),
+                    task.predicted.source
+                ),
+                on_path.to_string(),
+            ]);
+        }
+    }
+    out.push_str(&table(
+        &["WAVE", "TASK", "STAGE", "PREDICTED", "CRITICAL"],
+        &rows,
+    ));
+    let path = &plan.critical_path;
+    out.push_str(&format!(
+        "\nCritical path: {} ({})\n",
+        path.tasks.join(" -> "),
+        human_ms(path.length_ms)
+    ));
+    out.push_str(&format!(
+        "Sequential-equivalent: {}\n",
+        human_ms(path.sequential_ms)
+    ));
+    out.push_str(&format!("Speedup: {:.2}x\n", path.speedup));
+    out
+}
+
+/// `850ms`, `10s`, `1.5s`, `2m`, `1h 5m 30s`.
+fn human_ms(ms: u64) -> String {
+    if ms < 1_000 {
+        return format!("{ms}ms");
+    }
+    let hours = ms / 3_600_000;
+    let minutes = ms % 3_600_000 / 60_000;
+    let seconds = ms % 60_000 / 1_000;
+    let millis = ms % 1_000;
+    let mut parts = Vec::new();
+    if hours > 0 {
+        parts.push(format!("{hours}h"));
+    }
+    if minutes > 0 {
+        parts.push(format!("{minutes}m"));
+    }
+    if millis > 0 {
+        let fraction = format!("{millis:03}");
+        parts.push(format!("{seconds}.{}s", fraction.trim_end_matches('0')));
+    } else if seconds > 0 {
+        parts.push(format!("{seconds}s"));
+    }
+    parts.join(" ")
 }
 
 fn parse_reply(client: &Client, reply: &Reply) -> Result<Value, CliError> {
@@ -1306,6 +1474,25 @@ mod tests {
             table(&["ID", "STATE"], &rows),
             "ID    STATE\nvm-1  installing\na     b\n"
         );
+    }
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(human_ms(850), "850ms");
+        assert_eq!(human_ms(10_000), "10s");
+        assert_eq!(human_ms(1_500), "1.5s");
+        assert_eq!(human_ms(120_000), "2m");
+        assert_eq!(human_ms(3_930_000), "1h 5m 30s");
+    }
+
+    #[test]
+    fn parameters_split_at_the_first_equals_sign() {
+        assert_eq!(
+            parse_param("query=a=b"),
+            Ok(("query".to_string(), "a=b".to_string()))
+        );
+        assert!(parse_param("novalue").is_err());
+        assert!(parse_param("=x").is_err());
     }
 
     #[test]

@@ -2,7 +2,6 @@
 
 mod client;
 mod commands;
-mod lint;
 mod serve;
 
 use std::io::IsTerminal;

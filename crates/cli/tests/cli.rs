@@ -648,3 +648,82 @@ fn tokens_guard_the_api_and_the_audit_log_names_them() {
     );
     assert_eq!(run.code, 2, "{run:?}");
 }
+
+/// A template of two chained steps (a log line bounded to 2 s, then a 1 s wait) and a runbook
+/// whose predicted durations are all known, so the plan's numbers are exact.
+const PLAN_YAML: &str = "\
+kind: TaskTemplate
+name: announce
+params:
+  what: { required: true }
+steps:
+  - id: note
+    stage: log
+    timeout: 2s
+    with: { message: \"starting {{ params.what }}\" }
+  - id: settle
+    stage: wait
+    with: { duration: 1s }
+---
+kind: Runbook
+name: evacuate
+params:
+  dc: { required: true }
+  settle: { type: duration, default: 20s }
+tasks:
+  - id: announce
+    template: announce
+    with: { what: \"evacuation of {{ params.dc }}\" }
+  - id: drain-web
+    stage: wait
+    needs: [announce]
+    with: { duration: 30s }
+  - id: drain-db
+    stage: wait
+    needs: [announce]
+    with: { duration: \"{{ params.settle }}\" }
+  - id: drain-cache
+    stage: log
+    needs: [announce]
+    with: { message: \"cache of {{ params.dc }} drained\" }
+  - id: verify
+    stage: log
+    needs: [drain-web, drain-db, drain-cache]
+    with: { message: done }
+";
+
+#[test]
+fn plan_shows_waves_the_critical_path_and_the_speedup() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path());
+    write_file(dir.path(), "evacuate.yaml", PLAN_YAML);
+    let run = server.levee(&["apply", "evacuate.yaml"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        run.stdout,
+        "TaskTemplate/announce v1 (created)\nRunbook/evacuate v1 (created)\n"
+    );
+
+    let run = server.levee(&["plan", "evacuate", "-p", "dc=east", "-p", "settle=45s"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    insta::assert_snapshot!("plan_table", run.stdout);
+
+    let run = server.levee(&["plan", "evacuate", "-p", "dc=east", "--output", "json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let plan = run.json();
+    assert_eq!(plan["critical_path"]["length_ms"], 43_000);
+    assert_eq!(plan["critical_path"]["sequential_ms"], 73_000);
+
+    let run = server.levee(&["plan", "evacuate", "-p", "settle=soon", "-p", "zone=a"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    for code in ["missing-param", "invalid-param-value", "unknown-param"] {
+        assert!(run.stderr.contains(code), "{code}: {run:?}");
+    }
+
+    let run = server.levee(&["plan", "nonesuch"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("no runbook named `nonesuch`"),
+        "{run:?}"
+    );
+}

@@ -13,6 +13,7 @@ pub mod http;
 pub mod machines;
 pub mod metrics;
 pub mod openapi;
+pub mod runbooks;
 pub mod serve;
 pub mod timers;
 

@@ -48,6 +48,11 @@ pub struct App {
     compat_machine: RwLock<Option<String>>,
     ready: AtomicBool,
     pub metrics: crate::metrics::Metrics,
+    /// The stages runbooks are linted against and planned with.
+    pub stages: levee_stages::Registry,
+    /// Held while definitions are linted and stored, so two applies in this process never
+    /// link against the same old set of runbooks and templates.
+    apply_lock: tokio::sync::Mutex<()>,
 }
 
 impl App {
@@ -67,6 +72,8 @@ impl App {
             compat_machine: RwLock::new(options.compat_machine),
             ready: AtomicBool::new(false),
             metrics: crate::metrics::Metrics::install(),
+            stages: levee_stages::Registry::builtin(),
+            apply_lock: tokio::sync::Mutex::new(()),
         };
         app.reload().await?;
         app.ready.store(true, Ordering::SeqCst);
@@ -439,15 +446,16 @@ impl App {
         let ctx = self.load_context(false);
         let mut diagnostics: Vec<Diagnostic> = Vec::new();
         let mut machine_defs = Vec::new();
-        let mut not_yet = Vec::new();
+        let mut runbook_defs = Vec::new();
         for (name, content) in &files {
             match levee_model::load_documents(name, content, &ctx) {
                 Ok(defs) => {
                     for def in defs {
-                        let (kind, def_name) = (def.kind(), def.name().to_string());
-                        match def.into_state_machine() {
-                            Some(machine) => machine_defs.push((machine, content.clone())),
-                            None => not_yet.push(format!("{kind} `{def_name}` in {name}")),
+                        match def {
+                            Definition::StateMachine(machine) => {
+                                machine_defs.push((machine, content.clone()))
+                            }
+                            other => runbook_defs.push((other, content.clone())),
                         }
                     }
                 }
@@ -457,19 +465,9 @@ impl App {
         if !diagnostics.is_empty() {
             return Err(invalid_definitions(diagnostics));
         }
-        if !not_yet.is_empty() {
-            // Storing a runbook this server cannot run would look like success; refuse whole.
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "kind_not_applicable",
-                format!(
-                    "this server cannot store {} yet: only StateMachine definitions can be \
-                     applied; check runbooks offline with `levee validate`",
-                    not_yet.join(", ")
-                ),
-            ));
-        }
-        self.store_machine_defs(caller, machine_defs, "definition.apply")
+        let _applying = self.apply_lock.lock().await;
+        let runbook_defs = self.prepare_runbook_defs(caller, runbook_defs).await?;
+        self.store_defs(caller, machine_defs, runbook_defs, "definition.apply")
             .await
     }
 
@@ -479,6 +477,18 @@ impl App {
         &self,
         caller: &Caller,
         defs: Vec<(MachineDef, String)>,
+        action: &str,
+    ) -> Result<ApplyReport, ApiError> {
+        self.store_defs(caller, defs, Vec::new(), action).await
+    }
+
+    /// Stores machine definitions and other definitions (runbooks and templates, already
+    /// linked) in one transaction, with one audit entry naming them all.
+    async fn store_defs(
+        &self,
+        caller: &Caller,
+        defs: Vec<(MachineDef, String)>,
+        others: Vec<NewDefinition>,
         action: &str,
     ) -> Result<ApplyReport, ApiError> {
         let now = self.now_ms();
@@ -502,13 +512,15 @@ impl App {
                 }
             }
         }
-        let names: Vec<&str> = defs.iter().map(|(d, _)| d.name.as_str()).collect();
+        let mut names: Vec<&str> = defs.iter().map(|(d, _)| d.name.as_str()).collect();
+        names.extend(others.iter().map(|d| d.name.as_str()));
         let audit = self.audit_entry(
             caller,
             action,
             &names.join(","),
             json!({ "definitions": names }),
         );
+        new_defs.extend(others);
         let applied = self.store.apply(new_defs, changes, vec![audit]).await?;
         {
             let mut map = (*self.defs()).clone();

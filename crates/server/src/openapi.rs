@@ -3,13 +3,15 @@
 use utoipa::OpenApi;
 
 use crate::http::{api, compat, native};
+use crate::runbooks;
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Levee",
         description = "Levee's HTTP API: StateService-compatible `/state`, native yes/no checks \
-                       at `/machines/{id}/state`, and the JSON API under `/api/v1/`. Errors are \
+                       at `/machines/{id}/state`, and the JSON API under `/api/v1/` (state machines, runbooks \
+                       and their plans). Errors are \
                        JSON: `{\"error\": {\"code\": ..., \"message\": ...}}`."
     ),
     paths(
@@ -17,7 +19,7 @@ use crate::http::{api, compat, native};
         api::whoami, api::apply_definitions, api::list_definitions, api::get_definition,
         api::list_machines, api::create_machines, api::get_machine, api::post_event,
         api::get_history, api::post_replay, api::list_audit, api::list_tokens, api::create_token,
-        api::revoke_token,
+        api::revoke_token, api::list_runbooks, api::plan_runbook,
     ),
     components(schemas(
         api::MachineView, api::ReplayView, api::HistoryView, api::DefinitionView, api::WhoAmI,
@@ -25,11 +27,15 @@ use crate::http::{api, compat, native};
         api::CreateMachinesRequest, api::CreateMachinesResponse, api::EventRequest,
         api::EventResponse, api::AuditView, api::TokenView, api::CreateTokenRequest,
         api::CreateTokenResponse, crate::machines::NewMachine, crate::auth::Role,
+        runbooks::RunbookSummary, runbooks::ParamView, runbooks::PlanRequest, runbooks::PlanView,
+        runbooks::PlannedTask, runbooks::ChecksView, runbooks::RetriesView, runbooks::Prediction,
+        runbooks::CriticalPathView,
     )),
     tags(
         (name = "stateservice", description = "Facebook StateService's endpoint, reproduced exactly"),
         (name = "machines", description = "State machine instances"),
         (name = "definitions", description = "YAML definitions"),
+        (name = "runbooks", description = "Stored runbooks and their plans"),
         (name = "audit", description = "Who changed what"),
         (name = "auth", description = "Tokens"),
     )

@@ -1084,7 +1084,7 @@ async fn unknown_routes_answer_404_with_a_json_error() {
 }
 
 #[tokio::test]
-async fn applying_a_runbook_is_refused_whole_until_runbooks_can_run() {
+async fn a_runbook_and_a_machine_in_one_file_are_stored_together() {
     let server = common::start().await;
     let files = "\
 kind: Runbook
@@ -1100,19 +1100,24 @@ states:
   - name: only
     final: true
 ";
-    let answer = server.apply_as(None, "mixed.yaml", files).await;
+    let answer = server.apply("mixed.yaml", files).await;
+    let kinds: Vec<(String, String)> = answer["definitions"]
+        .as_array()
+        .expect("definitions")
+        .iter()
+        .map(|d| (d["kind"].to_string(), d["name"].to_string()))
+        .collect();
     assert_eq!(
-        answer.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        answer.body
+        kinds,
+        vec![
+            ("\"StateMachine\"".to_string(), "\"side\"".to_string()),
+            ("\"Runbook\"".to_string(), "\"noop\"".to_string()),
+        ]
     );
-    assert_eq!(answer.error_code(), "kind_not_applicable");
-    assert!(answer.body.contains("Runbook `noop`"), "{}", answer.body);
     let definitions = server.get("/api/v1/definitions").await.json();
     assert_eq!(
-        definitions,
-        serde_json::json!([]),
-        "nothing stored, not even the machine"
+        definitions.as_array().map(Vec::len),
+        Some(2),
+        "{definitions}"
     );
 }

@@ -1,5 +1,5 @@
-//! The JSON API under `/api/v1/`: definitions, machines, events, history, replay, audit,
-//! tokens. Described by the OpenAPI document at `/api/v1/openapi.json`.
+//! The JSON API under `/api/v1/`: definitions, machines, events, history, replay, runbooks and
+//! their plans, audit, tokens. Described by the OpenAPI document at `/api/v1/openapi.json`.
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -21,6 +21,7 @@ use crate::clock::rfc3339;
 use crate::error::ApiError;
 use crate::export::{self, ExportFormat};
 use crate::machines::{NewMachine, OwnedReport, validate_id};
+use crate::runbooks::{PlanRequest, PlanView, RunbookSummary};
 
 /// Default and largest page sizes of listings.
 pub const DEFAULT_PAGE_LIMIT: u32 = 100;
@@ -41,6 +42,8 @@ pub fn router() -> Router<SharedApp> {
         .route("/machines/{id}/events", post(post_event))
         .route("/machines/{id}/history", get(get_history))
         .route("/machines/{id}/replay", post(post_replay))
+        .route("/runbooks", get(list_runbooks))
+        .route("/runbooks/{name}/plan", post(plan_runbook))
         .route("/audit", get(list_audit))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{name}", delete(revoke_token))
@@ -718,4 +721,32 @@ pub async fn revoke_token(
             "no active token named `{name}`"
         )))
     }
+}
+
+/// Every stored runbook: its parameters and how many tasks it has once templates and included
+/// runbooks are expanded.
+#[utoipa::path(get, path = "/api/v1/runbooks", tag = "runbooks",
+    responses((status = 200, body = [RunbookSummary])))]
+pub async fn list_runbooks(
+    State(app): State<SharedApp>,
+    caller: Caller,
+) -> Result<axum::Json<Vec<RunbookSummary>>, ApiError> {
+    Ok(axum::Json(app.list_runbooks(&caller).await?))
+}
+
+/// What a run would do, without doing any of it: the bound parameters, the resolved tasks,
+/// the waves, the predicted durations and the predicted critical path with its speedup.
+/// Nothing is stored and nothing is audited.
+#[utoipa::path(post, path = "/api/v1/runbooks/{name}/plan", tag = "runbooks",
+    params(("name" = String, Path)), request_body = PlanRequest,
+    responses((status = 200, body = PlanView),
+              (status = 404, description = "No runbook of that name"),
+              (status = 422, description = "Invalid parameters; `error.params` lists every one")))]
+pub async fn plan_runbook(
+    State(app): State<SharedApp>,
+    caller: Caller,
+    Path(name): Path<String>,
+    JsonBody(request): JsonBody<PlanRequest>,
+) -> Result<axum::Json<PlanView>, ApiError> {
+    Ok(axum::Json(app.plan_runbook(&caller, &name, request).await?))
 }
