@@ -26,13 +26,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use levee_engine::machine::{catch_up, new_instance, report};
+use levee_engine::runbook::{
+    Change as RunChange, Context, Control, Event, Operator, PlanTask, RunPlan, RunState, RunStatus,
+    TaskStatus, apply,
+};
 use levee_engine::{Change, HistoryKind, MachineRecord, Refusal, Report};
 use levee_model::{DEFAULT_EVENT, DefFormat, EventTransition, MachineDef, StateDef, Timer};
 use serde_json::json;
 
 use crate::{
-    AuditEntry, AuditFilter, Error, MachineFilter, MachineOp, NewDefinition, OpOutcome, Store,
-    TokenRecord,
+    AuditEntry, AuditFilter, CreatedRun, Error, MachineFilter, MachineOp, NewDefinition, NewRun,
+    OpOutcome, RunCommit, RunFilter, Store, StoredRun, TaskOutput, TokenRecord,
 };
 
 /// The clock every case uses: the store never reads the clock itself.
@@ -45,6 +49,18 @@ pub const CONCURRENT_TASKS: usize = 64;
 pub const REPORTS_PER_TASK: usize = 200;
 
 const STATE_MACHINE: &str = "StateMachine";
+
+/// Tasks of the large run: as many as a big fleet drain has.
+pub const LARGE_RUN_TASKS: usize = 10_000;
+
+/// Tasks a test run runs at once.
+pub const TEST_RUN_MAX_PARALLEL_TASKS: u32 = 32;
+
+/// Runs committed to concurrently in the concurrent-commit case.
+pub const CONCURRENT_RUNS: usize = 8;
+
+/// Rounds of concurrent commits (some stale, some not) in the concurrent-commit case.
+pub const CONCURRENT_COMMIT_ROUNDS: usize = 5;
 
 /// Expands to one `#[tokio::test]` per conformance case, each on a fresh store from `$make`:
 /// an async fn returning `(store, guard)`, where `guard` is dropped after the case (a temp
@@ -68,6 +84,16 @@ macro_rules! conformance_tests {
             panicking_decision_fails_only_its_call,
             large_writes_commit_whole,
             close_refuses_later_writes,
+            runs_create_and_load_round_trip,
+            runs_create_with_a_taken_name_returns_the_existing_run,
+            commit_run_is_compare_and_set,
+            concurrent_commit_runs_land_independently,
+            run_journal_ascends_and_pages,
+            task_outputs_are_kept_in_attempt_order,
+            runs_list_newest_first_with_filters_and_counts,
+            task_durations_are_newest_first_and_limited_per_task,
+            settings_round_trip_with_audit,
+            a_run_of_ten_thousand_tasks_creates_and_loads_whole,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
@@ -1172,5 +1198,823 @@ pub async fn close_refuses_later_writes<S: Store>(store: S) {
         "a write after close: {late:?}"
     );
     // Closing again is harmless.
+    store.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs
+
+/// `a` → {`b`, `c`} → `d`: the diamond.
+pub fn diamond_plan() -> RunPlan {
+    RunPlan::new(vec![
+        PlanTask::new("a", "shell"),
+        PlanTask::new("b", "shell").needs(&["a"]),
+        PlanTask::new("c", "shell").needs(&["a"]),
+        PlanTask::new("d", "shell").needs(&["b", "c"]),
+    ])
+    .expect("the diamond is a valid plan")
+}
+
+/// `tasks` independent tasks, `t00000`, `t00001`, ...
+pub fn wide_plan(tasks: usize) -> RunPlan {
+    RunPlan::new(
+        (0..tasks)
+            .map(|i| PlanTask::new(format!("t{i:05}"), "shell"))
+            .collect(),
+    )
+    .expect("independent tasks are a valid plan")
+}
+
+/// An operator control, as the server would pass it to the engine.
+pub fn control(control: Control) -> Event {
+    Event::Control {
+        by: Operator {
+            actor: "tester".to_string(),
+            reason: "conformance".to_string(),
+        },
+        control,
+    }
+}
+
+/// A run driven by the engine: its plan, and the state the store should now hold.
+pub struct TestRun {
+    pub id: String,
+    pub plan: RunPlan,
+    pub state: RunState,
+}
+
+impl TestRun {
+    pub fn new(id: &str, plan: RunPlan, created_at_ms: i64) -> TestRun {
+        let state = RunState::new(&plan, TEST_RUN_MAX_PARALLEL_TASKS, created_at_ms)
+            .expect("a valid parallelism");
+        TestRun {
+            id: id.to_string(),
+            plan,
+            state,
+        }
+    }
+
+    /// The run to create; its audit entry targets the run id.
+    pub fn new_run(&self, name: Option<&str>, runbook: &str) -> NewRun {
+        NewRun {
+            id: self.id.clone(),
+            name: name.map(str::to_string),
+            runbook: runbook.to_string(),
+            runbook_version: 3,
+            params: json!({ "region": "eu-west", "batch": 2 }),
+            spec: json!({ "tasks": self.plan.tasks().iter().map(|t| &t.id).collect::<Vec<_>>() }),
+            created_by: "tester".to_string(),
+            state: self.state.clone(),
+        }
+    }
+
+    /// What the store returns for the run created with [`TestRun::new_run`], in its current
+    /// state.
+    pub fn stored(&self, name: Option<&str>, runbook: &str) -> StoredRun {
+        let new = self.new_run(name, runbook);
+        StoredRun {
+            id: new.id,
+            name: new.name,
+            runbook: new.runbook,
+            runbook_version: new.runbook_version,
+            params: new.params,
+            spec: new.spec,
+            created_by: new.created_by,
+            state: self.state.clone(),
+        }
+    }
+
+    /// The engine's change for `event` at `now_ms`, against the current state.
+    pub fn decide(&self, event: &Event, now_ms: i64) -> RunChange {
+        let ctx = Context {
+            now_ms,
+            global_pause: false,
+        };
+        apply(&self.plan, &self.state, event, ctx)
+            .unwrap_or_else(|refusal| panic!("run `{}`: {event:?} refused: {refusal}", self.id))
+            .change
+    }
+
+    /// A commit of `change`, decided against the current state.
+    pub fn commit_of(&self, change: RunChange) -> RunCommit {
+        RunCommit {
+            run_id: self.id.clone(),
+            expected_version: self.state.run.version,
+            change,
+            outputs: Vec::new(),
+            audits: Vec::new(),
+        }
+    }
+
+    /// Decides `event`, commits the change, and applies it to the local state.
+    pub async fn step<S: Store>(&mut self, store: &S, event: Event, now_ms: i64) -> RunChange {
+        let change = self.decide(&event, now_ms);
+        store
+            .commit_run(self.commit_of(change.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("run `{}`: commit {event:?}: {e}", self.id));
+        self.state.commit(&change);
+        change
+    }
+
+    /// The attempt `task` is running.
+    pub fn attempt(&self, task: &str) -> u32 {
+        match self.state.task(task).map(|t| &t.status) {
+            Some(TaskStatus::Running { attempt, .. }) => *attempt,
+            other => panic!("run `{}`: task `{task}` is not running: {other:?}", self.id),
+        }
+    }
+
+    /// Reports `task`'s running attempt started and then succeeded at `now_ms`.
+    pub async fn succeed<S: Store>(&mut self, store: &S, task: &str, now_ms: i64) {
+        let attempt = self.attempt(task);
+        let started = Event::TaskStarted {
+            task: task.to_string(),
+            attempt,
+        };
+        self.step(store, started, now_ms).await;
+        let succeeded = Event::TaskSucceeded {
+            task: task.to_string(),
+            attempt,
+        };
+        self.step(store, succeeded, now_ms).await;
+    }
+
+    /// Reports `task`'s running attempt failed for good at `now_ms`.
+    pub async fn fail<S: Store>(&mut self, store: &S, task: &str, now_ms: i64) {
+        let event = Event::TaskFailed {
+            task: task.to_string(),
+            attempt: self.attempt(task),
+            error: "exit status 1".to_string(),
+            retryable: false,
+        };
+        self.step(store, event, now_ms).await;
+    }
+}
+
+/// Creates the run, expecting it to be new.
+pub async fn create_test_run<S: Store>(
+    store: &S,
+    run: &TestRun,
+    name: Option<&str>,
+    runbook: &str,
+) -> StoredRun {
+    let audit = Some(audit_entry("tester", "run.create", &run.id));
+    match store.create_run(run.new_run(name, runbook), audit).await {
+        Ok(CreatedRun::Created(stored)) => stored,
+        other => panic!("create run `{}`: {other:?}", run.id),
+    }
+}
+
+async fn loaded<S: Store>(store: &S, id: &str) -> StoredRun {
+    store
+        .load_run(id)
+        .await
+        .expect("load a run")
+        .unwrap_or_else(|| panic!("run `{id}` exists"))
+}
+
+async fn whole_journal<S: Store>(store: &S, id: &str) -> Vec<crate::JournalRecord> {
+    store.run_journal(id, 0, 0).await.expect("read a journal")
+}
+
+fn run_ids(summaries: &[crate::RunSummary]) -> Vec<&str> {
+    summaries.iter().map(|s| s.id.as_str()).collect()
+}
+
+fn is_conflict<T: std::fmt::Debug>(result: &Result<T, Error>) -> bool {
+    matches!(result, Err(Error::Conflict(_)))
+}
+
+pub async fn runs_create_and_load_round_trip<S: Store>(store: S) {
+    let mut run = TestRun::new("run-1", diamond_plan(), NOW_MS);
+    let created = create_test_run(&store, &run, None, "deploy").await;
+    assert_eq!(created, run.stored(None, "deploy"));
+    assert_eq!(loaded(&store, "run-1").await, created);
+    assert_eq!(store.load_run("ghost").await.unwrap(), None);
+
+    // Real engine changes: start (dispatches `a`), then `a` succeeds (dispatches `b`, `c`).
+    let start = run.step(&store, control(Control::Start), NOW_MS + 10).await;
+    assert_eq!(start.run.status, RunStatus::Running);
+    assert_eq!(loaded(&store, "run-1").await.state, run.state);
+    run.succeed(&store, "a", NOW_MS + 20).await;
+    let stored = loaded(&store, "run-1").await;
+    assert_eq!(stored, run.stored(None, "deploy"));
+    assert_eq!(stored.state.run.version, 4);
+    assert_eq!(
+        stored
+            .state
+            .tasks
+            .iter()
+            .map(|t| (t.id.as_str(), t.status.name()))
+            .collect::<Vec<_>>(),
+        vec![
+            ("a", "succeeded"),
+            ("b", "running"),
+            ("c", "running"),
+            ("d", "waiting")
+        ],
+        "tasks in plan order"
+    );
+    let list = store.runs(&RunFilter::default()).await.unwrap();
+    assert_eq!(list.len(), 1);
+    let summary = &list[0];
+    assert_eq!(
+        (
+            summary.status,
+            summary.version,
+            summary.started_at_ms,
+            summary.runbook_version
+        ),
+        (RunStatus::Running, 4, Some(NOW_MS + 10), 3)
+    );
+    assert_eq!(
+        (
+            summary.tasks_total,
+            summary.tasks_done,
+            summary.tasks_running,
+            summary.tasks_failed
+        ),
+        (4, 1, 2, 0)
+    );
+    assert_eq!(outcomes_for(&store, "run-1").await, vec!["ok"]);
+    store.close().await;
+}
+
+pub async fn runs_create_with_a_taken_name_returns_the_existing_run<S: Store>(store: S) {
+    let mut first = TestRun::new("run-1", diamond_plan(), NOW_MS);
+    create_test_run(&store, &first, Some("nightly"), "deploy").await;
+    first
+        .step(&store, control(Control::Start), NOW_MS + 1)
+        .await;
+    let journal = whole_journal(&store, "run-1").await;
+
+    // Same name, another id: the first run comes back as it is now, nothing else is written.
+    let second = TestRun::new("run-2", wide_plan(3), NOW_MS + 5);
+    let audit = Some(audit_entry("tester", "run.create", "run-2"));
+    let again = store
+        .create_run(second.new_run(Some("nightly"), "other"), audit)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        CreatedRun::Existing(first.stored(Some("nightly"), "deploy"))
+    );
+    assert_eq!(store.load_run("run-2").await.unwrap(), None);
+    assert_eq!(
+        whole_journal(&store, "run-1").await,
+        journal,
+        "the existing run's journal is untouched"
+    );
+    assert_eq!(outcomes_for(&store, "run-2").await, vec!["noop"]);
+
+    // The same id again is a conflict, audited as such.
+    let clash = TestRun::new("run-1", wide_plan(2), NOW_MS + 6);
+    let audit = Some(audit_entry("tester", "run.create", "run-1"));
+    let result = store.create_run(clash.new_run(None, "deploy"), audit).await;
+    assert!(is_conflict(&result), "{result:?}");
+    assert_eq!(outcomes_for(&store, "run-1").await, vec!["ok", "conflict"]);
+    assert_eq!(
+        loaded(&store, "run-1").await,
+        first.stored(Some("nightly"), "deploy")
+    );
+
+    // Two concurrent creates with one name: one run is created, the other call gets it.
+    let (a, b) = (
+        TestRun::new("run-3", wide_plan(2), NOW_MS + 7),
+        TestRun::new("run-4", wide_plan(2), NOW_MS + 7),
+    );
+    let (ra, rb) = tokio::join!(
+        store.create_run(a.new_run(Some("weekly"), "deploy"), None),
+        store.create_run(b.new_run(Some("weekly"), "deploy"), None),
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    let winner = match (&ra, &rb) {
+        (CreatedRun::Created(x), CreatedRun::Existing(y))
+        | (CreatedRun::Existing(y), CreatedRun::Created(x)) => {
+            assert_eq!(x, y);
+            x.id.clone()
+        }
+        other => panic!("one create wins: {other:?}"),
+    };
+    let all = store.runs(&RunFilter::default()).await.unwrap();
+    assert_eq!(run_ids(&all), vec![winner.as_str(), "run-1"]);
+    store.close().await;
+}
+
+pub async fn commit_run_is_compare_and_set<S: Store>(store: S) {
+    let mut run = TestRun::new("run-1", diamond_plan(), NOW_MS);
+    create_test_run(&store, &run, None, "deploy").await;
+    let before = run.state.clone();
+    let start = run.decide(&control(Control::Start), NOW_MS + 1);
+    store
+        .commit_run(run.commit_of(start.clone()))
+        .await
+        .unwrap();
+    run.state.commit(&start);
+    let journal = whole_journal(&store, "run-1").await;
+    assert_eq!(journal.len(), start.journal.len());
+
+    // A change decided against the old state, with outputs and audits: refused, nothing kept.
+    let stale_run = TestRun {
+        id: "run-1".to_string(),
+        plan: diamond_plan(),
+        state: before,
+    };
+    let mut stale = stale_run.commit_of(stale_run.decide(&control(Control::Start), NOW_MS + 2));
+    stale.outputs.push(output("a", 1, "stale"));
+    stale
+        .audits
+        .push(audit_entry("tester", "run.control", "stale-commit"));
+    let result = store.commit_run(stale).await;
+    let Err(Error::Conflict(message)) = &result else {
+        panic!("a stale commit conflicts: {result:?}");
+    };
+    assert!(message.contains("run-1"), "names the run: {message}");
+    assert_eq!(loaded(&store, "run-1").await.state, run.state);
+    assert_eq!(whole_journal(&store, "run-1").await, journal);
+    assert!(store.task_outputs("run-1", "a").await.unwrap().is_empty());
+    assert!(outcomes_for(&store, "stale-commit").await.is_empty());
+
+    // A run that does not exist.
+    let mut ghost = run.commit_of(run.decide(&control(Control::Pause), NOW_MS + 3));
+    ghost.run_id = "ghost".to_string();
+    let result = store.commit_run(ghost).await;
+    assert!(is_conflict(&result), "{result:?}");
+    assert_eq!(store.load_run("ghost").await.unwrap(), None);
+
+    // Two commits decided against the same version, racing: exactly one lands.
+    let pause = run.commit_of(run.decide(&control(Control::Pause), NOW_MS + 4));
+    let abort = run.commit_of(run.decide(&control(Control::Abort), NOW_MS + 4));
+    let (rp, ra) = tokio::join!(
+        store.commit_run(pause.clone()),
+        store.commit_run(abort.clone())
+    );
+    let landed = match (&rp, &ra) {
+        (Ok(()), Err(Error::Conflict(_))) => pause.change,
+        (Err(Error::Conflict(_)), Ok(())) => abort.change,
+        other => panic!("exactly one of two racing commits lands: {other:?}"),
+    };
+    run.state.commit(&landed);
+    assert_eq!(loaded(&store, "run-1").await.state, run.state);
+    assert_eq!(
+        whole_journal(&store, "run-1").await.len(),
+        journal.len() + landed.journal.len()
+    );
+    store.close().await;
+}
+
+/// An output of `task`'s `attempt`.
+pub fn output(task: &str, attempt: u32, text: &str) -> TaskOutput {
+    TaskOutput {
+        task: task.to_string(),
+        attempt,
+        at_ms: NOW_MS + i64::from(attempt),
+        outcome: "failed".to_string(),
+        text: text.to_string(),
+        cut_bytes: 17,
+        data: json!({ "exit_code": 1, "attempt": attempt }),
+    }
+}
+
+pub async fn concurrent_commit_runs_land_independently<S: Store>(store: S) {
+    let store = Arc::new(store);
+    let mut runs = Vec::new();
+    for i in 0..CONCURRENT_RUNS {
+        let run = TestRun::new(
+            &format!("run-{i}"),
+            wide_plan(CONCURRENT_COMMIT_ROUNDS),
+            NOW_MS + i as i64,
+        );
+        create_test_run(&*store, &run, None, "deploy").await;
+        runs.push(run);
+    }
+    // Every run started at once: all land.
+    let mut tasks = Vec::new();
+    for run in &runs {
+        let (store, change) = (
+            Arc::clone(&store),
+            run.decide(&control(Control::Start), NOW_MS + 100),
+        );
+        let commit = run.commit_of(change.clone());
+        tasks.push(tokio::spawn(async move {
+            store.commit_run(commit).await.map(|()| change)
+        }));
+    }
+    for (run, task) in runs.iter_mut().zip(tasks) {
+        let change = task.await.unwrap().expect("a fresh commit lands");
+        run.state.commit(&change);
+    }
+
+    // Rounds in which half the runs get a stale commit and the other half a fresh one, all
+    // at once: the stale ones fail alone, however they are batched.
+    for round in 0..CONCURRENT_COMMIT_ROUNDS {
+        let now = NOW_MS + 200 + round as i64;
+        let mut tasks = Vec::new();
+        for (i, run) in runs.iter().enumerate() {
+            let task = format!("t{round:05}");
+            let event = Event::TaskStarted {
+                attempt: run.attempt(&task),
+                task,
+            };
+            let change = run.decide(&event, now);
+            let mut commit = run.commit_of(change.clone());
+            let stale = (i + round) % 2 == 0;
+            if stale {
+                commit.expected_version -= 1;
+            }
+            commit.audits.push(audit_entry(
+                "tester",
+                "run.report",
+                &format!("round-{round}"),
+            ));
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                (stale, change, store.commit_run(commit).await)
+            }));
+        }
+        let mut landed = 0;
+        for (run, task) in runs.iter_mut().zip(tasks) {
+            let (stale, change, result) = task.await.unwrap();
+            if stale {
+                assert!(is_conflict(&result), "stale: {result:?}");
+            } else {
+                result.expect("a fresh commit lands beside stale ones");
+                run.state.commit(&change);
+                landed += 1;
+            }
+        }
+        assert_eq!(
+            outcomes_for(&*store, &format!("round-{round}")).await.len(),
+            landed
+        );
+    }
+    for run in &runs {
+        assert_eq!(
+            loaded(&*store, &run.id).await.state,
+            run.state,
+            "{}",
+            run.id
+        );
+    }
+
+    // tokio::join! of a commit that fails its check and one that does not.
+    let (good, bad) = (&runs[0], &runs[1]);
+    let good_change = good.decide(&control(Control::Pause), NOW_MS + 300);
+    let mut bad_commit = bad.commit_of(bad.decide(&control(Control::Pause), NOW_MS + 300));
+    bad_commit.expected_version += 1;
+    let (rg, rb) = tokio::join!(
+        store.commit_run(good.commit_of(good_change.clone())),
+        store.commit_run(bad_commit)
+    );
+    rg.expect("the good commit lands");
+    assert!(is_conflict(&rb), "{rb:?}");
+    assert_eq!(
+        loaded(&*store, &runs[0].id).await.state.run.status,
+        RunStatus::Paused
+    );
+    assert_eq!(
+        loaded(&*store, &runs[1].id).await.state,
+        runs[1].state,
+        "the failed commit changed nothing"
+    );
+    store.close().await;
+}
+
+pub async fn run_journal_ascends_and_pages<S: Store>(store: S) {
+    let mut run = TestRun::new("run-1", diamond_plan(), NOW_MS);
+    let mut other = TestRun::new("run-2", diamond_plan(), NOW_MS);
+    create_test_run(&store, &run, None, "deploy").await;
+    create_test_run(&store, &other, None, "deploy").await;
+    let mut expected = Vec::new();
+    expected.extend(
+        run.step(&store, control(Control::Start), NOW_MS + 1)
+            .await
+            .journal,
+    );
+    other
+        .step(&store, control(Control::Start), NOW_MS + 1)
+        .await;
+    for (task, now) in [("a", 10), ("b", 20), ("c", 30), ("d", 40)] {
+        let attempt = run.attempt(task);
+        let started = Event::TaskStarted {
+            task: task.to_string(),
+            attempt,
+        };
+        expected.extend(run.step(&store, started, NOW_MS + now).await.journal);
+        let done = Event::TaskSucceeded {
+            task: task.to_string(),
+            attempt,
+        };
+        expected.extend(run.step(&store, done, NOW_MS + now + 1).await.journal);
+        if task == "a" {
+            other.succeed(&store, "a", NOW_MS + now).await;
+        }
+    }
+    assert_eq!(run.state.run.status, RunStatus::Succeeded);
+    assert!(expected.len() > 10, "{} entries", expected.len());
+
+    let all = whole_journal(&store, "run-1").await;
+    assert_eq!(
+        all.iter().map(|r| r.entry.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "seq ascending");
+    assert!(all.iter().all(|r| r.seq > 0));
+
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.run_journal("run-1", after, 3).await.unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    assert_eq!(
+        store.run_journal("run-1", all[4].seq, 0).await.unwrap(),
+        all[5..].to_vec()
+    );
+    let others = whole_journal(&store, "run-2").await;
+    assert!(!others.is_empty());
+    assert!(
+        others.iter().all(|r| !all.contains(r)),
+        "journals do not mix"
+    );
+    assert!(store.run_journal("ghost", 0, 10).await.unwrap().is_empty());
+    store.close().await;
+}
+
+pub async fn task_outputs_are_kept_in_attempt_order<S: Store>(store: S) {
+    let mut run = TestRun::new("run-1", diamond_plan(), NOW_MS);
+    let other = TestRun::new("run-2", diamond_plan(), NOW_MS);
+    create_test_run(&store, &run, None, "deploy").await;
+    create_test_run(&store, &other, None, "deploy").await;
+    run.step(&store, control(Control::Start), NOW_MS + 1).await;
+
+    // Attempt 2's output is committed first; attempt 1 has two outputs (a check, the stage).
+    let change = run.decide(
+        &Event::TaskStarted {
+            task: "a".to_string(),
+            attempt: 1,
+        },
+        NOW_MS + 2,
+    );
+    let mut commit = run.commit_of(change.clone());
+    commit.outputs = vec![output("a", 2, "second attempt")];
+    store.commit_run(commit).await.unwrap();
+    run.state.commit(&change);
+    let change = run.decide(
+        &Event::TaskSucceeded {
+            task: "a".to_string(),
+            attempt: 1,
+        },
+        NOW_MS + 3,
+    );
+    let mut commit = run.commit_of(change.clone());
+    let mut big = output("a", 1, &"é and more text\n".repeat(1_000));
+    big.cut_bytes = u64::from(u32::MAX) + 1;
+    commit.outputs = vec![output("a", 1, "pre-check"), big.clone()];
+    store.commit_run(commit).await.unwrap();
+    run.state.commit(&change);
+
+    assert_eq!(
+        store.task_outputs("run-1", "a").await.unwrap(),
+        vec![
+            output("a", 1, "pre-check"),
+            big,
+            output("a", 2, "second attempt")
+        ]
+    );
+    assert!(store.task_outputs("run-1", "b").await.unwrap().is_empty());
+    assert!(store.task_outputs("run-2", "a").await.unwrap().is_empty());
+    assert!(store.task_outputs("ghost", "a").await.unwrap().is_empty());
+    store.close().await;
+}
+
+pub async fn runs_list_newest_first_with_filters_and_counts<S: Store>(store: S) {
+    // (id, runbook, created): r6 and r7 share a creation time, so the id breaks the tie.
+    let specs = [
+        ("r1", "deploy", 1),
+        ("r2", "deploy", 2),
+        ("r3", "drain", 3),
+        ("r4", "deploy", 4),
+        ("r5", "drain", 5),
+        ("r6", "deploy", 10),
+        ("r7", "deploy", 10),
+    ];
+    let mut runs = BTreeMap::new();
+    for (id, runbook, created) in specs {
+        let run = TestRun::new(id, diamond_plan(), NOW_MS + created);
+        create_test_run(&store, &run, None, runbook).await;
+        runs.insert(id, run);
+    }
+    let r2 = runs.get_mut("r2").unwrap();
+    r2.step(&store, control(Control::Start), NOW_MS + 20).await;
+    r2.succeed(&store, "a", NOW_MS + 30).await;
+    let r3 = runs.get_mut("r3").unwrap();
+    r3.step(&store, control(Control::Start), NOW_MS + 20).await;
+    r3.fail(&store, "a", NOW_MS + 25).await;
+    assert_eq!(r3.state.run.status, RunStatus::Failed);
+
+    let list = |statuses: Vec<RunStatus>, runbook: Option<&str>, before: Option<&str>, limit| {
+        let filter = RunFilter {
+            statuses,
+            runbook: runbook.map(str::to_string),
+            before_id: before.map(str::to_string),
+            limit,
+        };
+        let store = &store;
+        async move { store.runs(&filter).await.unwrap() }
+    };
+    let all = list(vec![], None, None, 0).await;
+    assert_eq!(
+        run_ids(&all),
+        vec!["r7", "r6", "r5", "r4", "r3", "r2", "r1"]
+    );
+    let by_id: HashMap<&str, &crate::RunSummary> = all.iter().map(|s| (s.id.as_str(), s)).collect();
+    let counts =
+        |s: &crate::RunSummary| (s.tasks_total, s.tasks_done, s.tasks_running, s.tasks_failed);
+    assert_eq!(counts(by_id["r1"]), (4, 0, 0, 0));
+    assert_eq!(counts(by_id["r2"]), (4, 1, 2, 0));
+    assert_eq!(counts(by_id["r3"]), (4, 0, 0, 1));
+    let r3 = by_id["r3"];
+    assert_eq!(r3.status, RunStatus::Failed);
+    assert_eq!(r3.finished_at_ms, Some(NOW_MS + 25));
+    assert!(
+        r3.outcome.as_deref().is_some_and(|o| o.contains("`a`")),
+        "{:?}",
+        r3.outcome
+    );
+    assert_eq!(by_id["r2"].version, runs["r2"].state.run.version);
+    assert_eq!(
+        (by_id["r1"].status, by_id["r1"].created_at_ms),
+        (RunStatus::Pending, NOW_MS + 1)
+    );
+
+    assert_eq!(
+        run_ids(&list(vec![RunStatus::Running], None, None, 0).await),
+        vec!["r2"]
+    );
+    assert_eq!(
+        run_ids(&list(vec![RunStatus::Failed, RunStatus::Running], None, None, 0).await),
+        vec!["r3", "r2"]
+    );
+    assert_eq!(
+        run_ids(&list(vec![RunStatus::Pending], Some("deploy"), None, 0).await),
+        vec!["r7", "r6", "r4", "r1"]
+    );
+    assert_eq!(
+        run_ids(&list(vec![], Some("drain"), None, 0).await),
+        vec!["r5", "r3"]
+    );
+    assert_eq!(
+        run_ids(&list(vec![], None, Some("r5"), 0).await),
+        vec!["r4", "r3", "r2", "r1"]
+    );
+    assert_eq!(
+        run_ids(&list(vec![], None, Some("r7"), 1).await),
+        vec!["r6"],
+        "the cursor steps past a tie on time"
+    );
+    assert!(list(vec![], Some("nothing"), None, 0).await.is_empty());
+
+    let mut paged = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let page = list(vec![], None, before.as_deref(), 2).await;
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        before = Some(last.id.clone());
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    store.close().await;
+}
+
+pub async fn task_durations_are_newest_first_and_limited_per_task<S: Store>(store: S) {
+    let two = || {
+        RunPlan::new(vec![
+            PlanTask::new("x", "shell"),
+            PlanTask::new("y", "shell"),
+        ])
+        .expect("a valid plan")
+    };
+    // (run, runbook, start, x's duration, y's duration or None if it fails)
+    let runs = [
+        ("run-1", "deploy", NOW_MS, 100, Some(200)),
+        ("run-2", "deploy", NOW_MS + 1_000, 110, None),
+        ("run-3", "deploy", NOW_MS + 2_000, 120, Some(220)),
+        ("run-4", "other", NOW_MS + 3_000, 5, Some(5)),
+    ];
+    for (id, runbook, start, x, y) in runs {
+        let mut run = TestRun::new(id, two(), start - 1);
+        create_test_run(&store, &run, None, runbook).await;
+        run.step(&store, control(Control::Start), start).await;
+        run.succeed(&store, "x", start + x).await;
+        match y {
+            Some(y) => run.succeed(&store, "y", start + y).await,
+            None => run.fail(&store, "y", start + 50).await,
+        }
+    }
+    let durations = |per_task| {
+        let store = &store;
+        async move {
+            let all = store.task_durations("deploy", per_task).await.unwrap();
+            let of = |task: &str| -> Vec<(String, u64, i64)> {
+                all.iter()
+                    .filter(|d| d.task == task)
+                    .map(|d| (d.run_id.clone(), d.duration_ms, d.finished_at_ms))
+                    .collect()
+            };
+            (all.len(), of("x"), of("y"))
+        }
+    };
+    let at = |run: &str, start: i64, ms: u64| (run.to_string(), ms, start + ms as i64);
+    let (count, x, y) = durations(2).await;
+    assert_eq!(count, 4);
+    assert_eq!(
+        x,
+        vec![
+            at("run-3", NOW_MS + 2_000, 120),
+            at("run-2", NOW_MS + 1_000, 110)
+        ]
+    );
+    assert_eq!(
+        y,
+        vec![at("run-3", NOW_MS + 2_000, 220), at("run-1", NOW_MS, 200)],
+        "a failed task is no success"
+    );
+    let (count, x, y) = durations(1).await;
+    assert_eq!(count, 2);
+    assert_eq!(x, vec![at("run-3", NOW_MS + 2_000, 120)]);
+    assert_eq!(y, vec![at("run-3", NOW_MS + 2_000, 220)]);
+    let (count, x, _) = durations(10).await;
+    assert_eq!((count, x.len()), (5, 3));
+    assert!(
+        store
+            .task_durations("missing", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.close().await;
+}
+
+pub async fn settings_round_trip_with_audit<S: Store>(store: S) {
+    const PAUSE: &str = "global_pause";
+    assert_eq!(store.setting(PAUSE).await.unwrap(), None);
+    let paused = json!({ "paused": true, "by": "alice", "reason": "incident 42" });
+    let audit = |target: &str| Some(audit_entry("alice", "runs.pause", target));
+    store
+        .set_setting(PAUSE, paused.clone(), audit(PAUSE))
+        .await
+        .unwrap();
+    assert_eq!(store.setting(PAUSE).await.unwrap(), Some(paused));
+    store
+        .set_setting(PAUSE, json!(false), audit(PAUSE))
+        .await
+        .unwrap();
+    assert_eq!(store.setting(PAUSE).await.unwrap(), Some(json!(false)));
+    store
+        .set_setting("other", json!([1, "two", null]), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.setting("other").await.unwrap(),
+        Some(json!([1, "two", null]))
+    );
+    assert_eq!(store.setting(PAUSE).await.unwrap(), Some(json!(false)));
+    assert_eq!(outcomes_for(&store, PAUSE).await, vec!["ok", "ok"]);
+    store.close().await;
+}
+
+pub async fn a_run_of_ten_thousand_tasks_creates_and_loads_whole<S: Store>(store: S) {
+    let mut run = TestRun::new("huge", wide_plan(LARGE_RUN_TASKS), NOW_MS);
+    let created = create_test_run(&store, &run, Some("huge-run"), "fleet").await;
+    assert_eq!(created.state.tasks.len(), LARGE_RUN_TASKS);
+    assert_eq!(loaded(&store, "huge").await, created);
+
+    run.step(&store, control(Control::Start), NOW_MS + 1).await;
+    run.succeed(&store, "t00000", NOW_MS + 2).await;
+    let stored = loaded(&store, "huge").await;
+    assert_eq!(stored.state, run.state);
+    let summary = store.runs(&RunFilter::default()).await.unwrap();
+    let parallel = TEST_RUN_MAX_PARALLEL_TASKS;
+    assert_eq!(
+        (
+            summary[0].tasks_total,
+            summary[0].tasks_done,
+            summary[0].tasks_running
+        ),
+        (LARGE_RUN_TASKS as u32, 1, parallel)
+    );
+    // The same name again answers the whole run.
+    let again = store
+        .create_run(run.new_run(Some("huge-run"), "fleet"), None)
+        .await
+        .unwrap();
+    assert_eq!(again, CreatedRun::Existing(stored));
     store.close().await;
 }

@@ -13,6 +13,7 @@ pub mod sqlite;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use levee_engine::runbook::{Change as RunChange, JournalEntry, RunState, RunStatus};
 use levee_engine::{Change, HistoryEntry, MachineRecord, Refusal};
 use serde::{Deserialize, Serialize};
 
@@ -121,6 +122,125 @@ pub struct TokenRecord {
     pub created_at_ms: i64,
     pub created_by: String,
     pub revoked_at_ms: Option<i64>,
+}
+
+/// A run to create. The store keeps `spec` (the resolved, rendered tasks the server executes)
+/// opaque; `state` is the engine's initial [`RunState`] (every task waiting).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewRun {
+    /// Assigned by the server; unique.
+    pub id: String,
+    /// A client-supplied name that makes starting a run idempotent: a second create with the
+    /// same name returns the first run instead of creating another.
+    pub name: Option<String>,
+    pub runbook: String,
+    pub runbook_version: i64,
+    /// The bound parameter values.
+    pub params: serde_json::Value,
+    /// What the server executes, stored as given.
+    pub spec: serde_json::Value,
+    pub created_by: String,
+    pub state: RunState,
+}
+
+/// A run as stored: what it was created with, and its current state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredRun {
+    pub id: String,
+    pub name: Option<String>,
+    pub runbook: String,
+    pub runbook_version: i64,
+    pub params: serde_json::Value,
+    pub spec: serde_json::Value,
+    pub created_by: String,
+    pub state: RunState,
+}
+
+/// The outcome of [`Store::create_run`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum CreatedRun {
+    Created(StoredRun),
+    /// A run with the same `name` already existed; it is returned unchanged.
+    Existing(StoredRun),
+}
+
+/// One line of a run listing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub id: String,
+    pub name: Option<String>,
+    pub runbook: String,
+    pub runbook_version: i64,
+    pub created_by: String,
+    pub status: RunStatus,
+    pub version: i64,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub outcome: Option<String>,
+    pub tasks_total: u32,
+    /// Succeeded or skipped.
+    pub tasks_done: u32,
+    pub tasks_running: u32,
+    /// Failed or stalled: waiting for a human.
+    pub tasks_failed: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    /// Only runs with one of these statuses; empty means any.
+    pub statuses: Vec<RunStatus>,
+    pub runbook: Option<String>,
+    /// Only runs created before this run (cursor for paging backwards; newest first).
+    pub before_id: Option<String>,
+    pub limit: u32,
+}
+
+/// The output an attempt of a task produced, kept with the commit that ended it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskOutput {
+    pub task: String,
+    pub attempt: u32,
+    pub at_ms: i64,
+    /// `succeeded`, `failed`, `timed_out`, `check_failed`, ...
+    pub outcome: String,
+    /// Size-limited by the stage.
+    pub text: String,
+    /// Bytes cut from the front of `text`.
+    pub cut_bytes: u64,
+    /// Structured facts (`{"exit_code": 1}`).
+    pub data: serde_json::Value,
+}
+
+/// A decided change to one run, to commit if the run is still at `expected_version`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunCommit {
+    pub run_id: String,
+    /// The run's version the change was decided against (compare-and-set).
+    pub expected_version: i64,
+    pub change: RunChange,
+    pub outputs: Vec<TaskOutput>,
+    /// Written in the same transaction, exactly as given.
+    pub audits: Vec<AuditEntry>,
+}
+
+/// A journal entry as stored, with its place in the run's journal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JournalRecord {
+    /// Grows with every entry of every run; a cursor for paging and event streams.
+    pub seq: i64,
+    #[serde(flatten)]
+    pub entry: JournalEntry,
+}
+
+/// How long one task took in a past run, for predictions and stuck detection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskDuration {
+    pub task: String,
+    pub run_id: String,
+    /// From the task's first dispatch to its success.
+    pub duration_ms: u64,
+    pub finished_at_ms: i64,
 }
 
 /// What a machine op's decision sees, read inside the write transaction.
@@ -232,6 +352,52 @@ pub trait Store: Send + Sync + 'static {
     /// `outcome` is set by the store: `ok` or `not_found`.
     async fn revoke_token(&self, name: &str, at_ms: i64, audit: Option<AuditEntry>)
     -> Result<bool>;
+
+    /// Creates a run, or returns the existing run with the same `name`. The audit entry is
+    /// written in the same transaction (outcome `ok`, or `noop` for an existing run).
+    async fn create_run(&self, run: NewRun, audit: Option<AuditEntry>) -> Result<CreatedRun>;
+
+    /// A run with its current state (every task record, in plan order).
+    async fn load_run(&self, id: &str) -> Result<Option<StoredRun>>;
+
+    /// Runs, newest first (`created_at_ms`, then id, descending). A `before_id` that names no
+    /// run gives an empty page. The task counts come with the run, without reading its tasks.
+    async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>>;
+
+    /// Commits a change decided against `expected_version`: the run row, the changed task
+    /// rows, the journal entries, outputs and audits, in one transaction, group-committed with
+    /// other writes. Fails with `Conflict` (and changes nothing) if the run is not at
+    /// `expected_version` or does not exist; other commits of the same batch are unaffected.
+    async fn commit_run(&self, commit: RunCommit) -> Result<()>;
+
+    /// A run's journal, `seq` ascending, after the given seq.
+    async fn run_journal(
+        &self,
+        run_id: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<JournalRecord>>;
+
+    /// Every output kept for a task of a run, attempts ascending.
+    async fn task_outputs(&self, run_id: &str, task: &str) -> Result<Vec<TaskOutput>>;
+
+    /// For every task of runs of `runbook`, the durations of its latest `per_task` successes
+    /// (newest first), from any run of that runbook, the current one included. A success
+    /// counts when the task has both a start and a finish time. `per_task` 0 gives nothing; it
+    /// is capped at [`MAX_PAGE_ROWS`].
+    async fn task_durations(&self, runbook: &str, per_task: u32) -> Result<Vec<TaskDuration>>;
+
+    /// A server-wide setting (the global pause, say).
+    async fn setting(&self, key: &str) -> Result<Option<serde_json::Value>>;
+
+    /// Sets a server-wide setting; the audit entry is written in the same transaction (outcome
+    /// `ok`), and its time is kept as the setting's update time.
+    async fn set_setting(
+        &self,
+        key: &str,
+        value: serde_json::Value,
+        audit: Option<AuditEntry>,
+    ) -> Result<()>;
 
     /// Commits the writes already queued, then closes the database. Writes after this fail
     /// with `Unavailable`. Call it on graceful shutdown so nothing acknowledged is left behind

@@ -7,6 +7,7 @@
 //! batching keeps decisions free of lost updates.
 
 mod codec;
+mod runs;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -27,11 +28,17 @@ use self::codec::{
     audit_from_row, db_error, definition_from_row, history_from_row, is_not_a_database,
     machine_from_row, token_from_row,
 };
+use self::runs::{
+    RUN_SUMMARY_COLUMNS, duration_from_row, journal_from_row, load_run, output_from_row,
+    run_summary_from_row, setting_from_text,
+};
 pub use self::writer::{GROUP_COMMIT_MAX_OPS, WRITE_QUEUE_CAPACITY};
 use self::writer::{Request, Write, Writer};
 use crate::{
-    Applied, AuditEntry, AuditFilter, AuditRecord, DefinitionRecord, Error, MAX_PAGE_ROWS,
-    MachineFilter, MachineOp, NewDefinition, OpOutcome, Result, Store, TokenRecord,
+    Applied, AuditEntry, AuditFilter, AuditRecord, CreatedRun, DefinitionRecord, Error,
+    JournalRecord, MAX_PAGE_ROWS, MachineFilter, MachineOp, NewDefinition, NewRun, OpOutcome,
+    Result, RunCommit, RunFilter, RunSummary, Store, StoredRun, TaskDuration, TaskOutput,
+    TokenRecord,
 };
 
 /// How long a statement waits for a lock held by another connection (a reader during a
@@ -514,6 +521,147 @@ impl Store for SqliteStore {
         self.write(|reply| Write::RevokeToken {
             name,
             at_ms,
+            audit,
+            reply,
+        })
+        .await
+    }
+
+    async fn create_run(&self, run: NewRun, audit: Option<AuditEntry>) -> Result<CreatedRun> {
+        let run = Box::new(run);
+        self.write(|reply| Write::CreateRun { run, audit, reply })
+            .await
+    }
+
+    async fn load_run(&self, id: &str) -> Result<Option<StoredRun>> {
+        let mut conn = self
+            .inner
+            .read
+            .acquire()
+            .await
+            .map_err(|e| self.read_error("read a run", e))?;
+        load_run(&mut conn, id).await
+    }
+
+    async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>> {
+        // Only the conditions in use are written, so SQLite can pick the matching index.
+        let mut sql = format!("SELECT {RUN_SUMMARY_COLUMNS} FROM runs WHERE 1 = 1");
+        let statuses = if filter.statuses.is_empty() {
+            None
+        } else {
+            sql.push_str(" AND status IN (SELECT value FROM json_each(?))");
+            let names: Vec<&str> = filter.statuses.iter().map(|s| s.name()).collect();
+            Some(
+                serde_json::to_string(&names)
+                    .map_err(|e| Error::Unavailable(format!("encode run statuses: {e}")))?,
+            )
+        };
+        if filter.runbook.is_some() {
+            sql.push_str(" AND runbook = ?");
+        }
+        // An unknown cursor run matches nothing, so its page is empty.
+        if filter.before_id.is_some() {
+            sql.push_str(
+                " AND (created_at_ms, id) < (SELECT created_at_ms, id FROM runs WHERE id = ?)",
+            );
+        }
+        sql.push_str(" ORDER BY created_at_ms DESC, id DESC LIMIT ?");
+        let mut query = sqlx::query(&sql);
+        for value in [&statuses, &filter.runbook, &filter.before_id]
+            .into_iter()
+            .flatten()
+        {
+            query = query.bind(value);
+        }
+        let rows = query
+            .bind(page_limit(filter.limit))
+            .fetch_all(&self.inner.read)
+            .await
+            .map_err(|e| self.read_error("list runs", e))?;
+        rows.iter().map(run_summary_from_row).collect()
+    }
+
+    async fn commit_run(&self, commit: RunCommit) -> Result<()> {
+        let commit = Box::new(commit);
+        self.write(|reply| Write::CommitRun { commit, reply }).await
+    }
+
+    async fn run_journal(
+        &self,
+        run_id: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<JournalRecord>> {
+        let rows = sqlx::query(
+            "SELECT seq, entry FROM run_journal WHERE run_id = ?1 AND seq > ?2 \
+             ORDER BY seq LIMIT ?3",
+        )
+        .bind(run_id)
+        .bind(after_seq)
+        .bind(page_limit(limit))
+        .fetch_all(&self.inner.read)
+        .await
+        .map_err(|e| self.read_error("read a run journal", e))?;
+        rows.iter().map(journal_from_row).collect()
+    }
+
+    async fn task_outputs(&self, run_id: &str, task: &str) -> Result<Vec<TaskOutput>> {
+        let rows = sqlx::query(
+            "SELECT task, attempt, at_ms, outcome, text, cut_bytes, data FROM task_outputs \
+             WHERE run_id = ?1 AND task = ?2 ORDER BY attempt, seq",
+        )
+        .bind(run_id)
+        .bind(task)
+        .fetch_all(&self.inner.read)
+        .await
+        .map_err(|e| self.read_error("read task outputs", e))?;
+        rows.iter().map(output_from_row).collect()
+    }
+
+    async fn task_durations(&self, runbook: &str, per_task: u32) -> Result<Vec<TaskDuration>> {
+        if per_task == 0 {
+            return Ok(Vec::new());
+        }
+        // Succeeded rows of the runbook's runs, numbered newest first within each task id.
+        let rows = sqlx::query(
+            "SELECT task_id, run_id, duration_ms, finished_at_ms FROM ( \
+                 SELECT t.task_id, t.run_id, t.finished_at_ms, \
+                        MAX(t.finished_at_ms - t.started_at_ms, 0) AS duration_ms, \
+                        ROW_NUMBER() OVER (PARTITION BY t.task_id \
+                            ORDER BY t.finished_at_ms DESC, t.run_id DESC) AS newest \
+                 FROM runs r JOIN run_tasks t ON t.run_id = r.id \
+                 WHERE r.runbook = ?1 AND t.status = 'succeeded' \
+                   AND t.started_at_ms IS NOT NULL AND t.finished_at_ms IS NOT NULL \
+             ) WHERE newest <= ?2 \
+             ORDER BY task_id, finished_at_ms DESC, run_id DESC",
+        )
+        .bind(runbook)
+        .bind(i64::from(per_task.min(MAX_PAGE_ROWS)))
+        .fetch_all(&self.inner.read)
+        .await
+        .map_err(|e| self.read_error("read past task durations", e))?;
+        rows.iter().map(duration_from_row).collect()
+    }
+
+    async fn setting(&self, key: &str) -> Result<Option<serde_json::Value>> {
+        let text: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE key = ?1")
+            .bind(key)
+            .fetch_optional(&self.inner.read)
+            .await
+            .map_err(|e| self.read_error("read a setting", e))?;
+        text.map(|text| setting_from_text(key, &text)).transpose()
+    }
+
+    async fn set_setting(
+        &self,
+        key: &str,
+        value: serde_json::Value,
+        audit: Option<AuditEntry>,
+    ) -> Result<()> {
+        let key = key.to_string();
+        self.write(|reply| Write::SetSetting {
+            key,
+            value,
             audit,
             reply,
         })

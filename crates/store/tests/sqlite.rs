@@ -11,10 +11,14 @@ use std::time::{Duration, Instant};
 
 use levee_engine::Change;
 use levee_engine::machine::new_instance;
+use levee_engine::runbook::{Change as RunChange, Control, Event, RunStatus, TaskStatus};
 use levee_store::conformance::{
-    NOW_MS, audit_entry, counting_def, create_machines, linear_def, new_definition, report_op,
+    LARGE_RUN_TASKS, NOW_MS, TestRun, audit_entry, control, counting_def, create_machines,
+    create_test_run, diamond_plan, linear_def, new_definition, output, report_op, wide_plan,
 };
-use levee_store::{AuditFilter, Error, MachineOp, OpOutcome, SqliteStore, Store};
+use levee_store::{
+    AuditFilter, CreatedRun, Error, MachineOp, OpOutcome, RunFilter, SqliteStore, Store,
+};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Connection, Row};
 
@@ -551,4 +555,264 @@ async fn dropping_every_handle_stops_the_writer() {
         !wal.exists(),
         "every connection closed once the last handle was dropped"
     );
+}
+
+/// Run changes, outputs and settings are in the file: found after a clean close and after the
+/// last handle is simply dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_changes_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("levee.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let mut run = TestRun::new("run-1", diamond_plan(), NOW_MS);
+    create_test_run(&store, &run, Some("nightly"), "deploy").await;
+    run.step(&store, control(Control::Start), NOW_MS + 1).await;
+    let change = run.decide(
+        &Event::TaskStarted {
+            task: "a".to_string(),
+            attempt: 1,
+        },
+        NOW_MS + 2,
+    );
+    let mut commit = run.commit_of(change.clone());
+    commit.outputs.push(output("a", 1, "hello"));
+    commit
+        .audits
+        .push(audit_entry("tester", "run.report", "run-1"));
+    store.commit_run(commit).await.unwrap();
+    run.state.commit(&change);
+    store
+        .set_setting("global_pause", serde_json::json!(true), None)
+        .await
+        .unwrap();
+    let journal = store.run_journal("run-1", 0, 0).await.unwrap();
+    store.close().await;
+
+    let store = SqliteStore::open(&path).await.expect("reopen");
+    assert_eq!(
+        store.load_run("run-1").await.unwrap().unwrap(),
+        run.stored(Some("nightly"), "deploy")
+    );
+    assert_eq!(store.run_journal("run-1", 0, 0).await.unwrap(), journal);
+    assert_eq!(
+        store.task_outputs("run-1", "a").await.unwrap(),
+        vec![output("a", 1, "hello")]
+    );
+    assert_eq!(
+        store.setting("global_pause").await.unwrap(),
+        Some(serde_json::json!(true))
+    );
+    // The counters and the cursor carry on where they were.
+    run.succeed(&store, "a", NOW_MS + 3).await;
+    let after = store.run_journal("run-1", 0, 0).await.unwrap();
+    assert!(after.len() > journal.len());
+    assert!(after.windows(2).all(|w| w[0].seq < w[1].seq));
+    drop(store);
+
+    let store = SqliteStore::open(&path).await.expect("reopen after drop");
+    assert_eq!(
+        store.load_run("run-1").await.unwrap().unwrap().state,
+        run.state
+    );
+    let summary = &store.runs(&RunFilter::default()).await.unwrap()[0];
+    assert_eq!(
+        (summary.tasks_done, summary.tasks_running, summary.version),
+        (1, 2, run.state.run.version)
+    );
+    store.close().await;
+    assert_eq!(integrity_check(&path).await, vec!["ok"]);
+}
+
+/// Commits queued behind a large write share the next batch: a chain of commits of one run
+/// (each decided on the one before) all land, a stale commit among them fails alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_queued_together_see_each_other() {
+    let (store, _dir) = fresh().await;
+    let store = Arc::new(store);
+    let mut run = TestRun::new("run-1", wide_plan(4), NOW_MS);
+    let other = TestRun::new("run-2", wide_plan(4), NOW_MS);
+    create_test_run(&*store, &run, None, "deploy").await;
+    create_test_run(&*store, &other, None, "deploy").await;
+    // The chain, decided ahead: start, then each running task reported started.
+    let mut chain: Vec<RunChange> = Vec::new();
+    let mut commits = Vec::new();
+    let mut events = vec![control(Control::Start)];
+    events.extend((0..4).map(|i| Event::TaskStarted {
+        task: format!("t{i:05}"),
+        attempt: 1,
+    }));
+    for (i, event) in events.iter().enumerate() {
+        let change = run.decide(event, NOW_MS + i as i64);
+        commits.push(run.commit_of(change.clone()));
+        run.state.commit(&change);
+        chain.push(change);
+    }
+    let stale = other.commit_of(other.decide(&control(Control::Start), NOW_MS));
+    let mut stale_twice = stale.clone();
+    stale_twice.expected_version = 7;
+
+    // Hold the writer with a large create, then queue everything behind it.
+    let big = TestRun::new("big", wide_plan(LARGE_RUN_TASKS), NOW_MS);
+    let big_store = Arc::clone(&store);
+    let big_run = big.new_run(None, "fleet");
+    let blocker = tokio::spawn(async move { big_store.create_run(big_run, None).await });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // `join!` polls in order, so the commits queue in order: each depends on the one before.
+    let [c0, c1, c2, c3, c4]: [_; 5] = commits.try_into().expect("five commits");
+    let (r0, r1, r2, r3, r4, good, bad) = tokio::join!(
+        store.commit_run(c0),
+        store.commit_run(c1),
+        store.commit_run(c2),
+        store.commit_run(c3),
+        store.commit_run(c4),
+        store.commit_run(stale),
+        store.commit_run(stale_twice),
+    );
+    for result in [r0, r1, r2, r3, r4] {
+        result.expect("every commit of the chain lands");
+    }
+    assert!(
+        matches!(blocker.await.unwrap(), Ok(CreatedRun::Created(_))),
+        "the large create"
+    );
+    good.expect("the first start of run-2 lands");
+    assert!(matches!(bad, Err(Error::Conflict(_))), "{bad:?}");
+    assert_eq!(
+        store.load_run("run-1").await.unwrap().unwrap().state,
+        run.state
+    );
+    let journal = store.run_journal("run-1", 0, 0).await.unwrap();
+    assert_eq!(
+        journal.len(),
+        chain.iter().map(|c| c.journal.len()).sum::<usize>()
+    );
+    assert_eq!(
+        store
+            .load_run("run-2")
+            .await
+            .unwrap()
+            .unwrap()
+            .state
+            .run
+            .status,
+        RunStatus::Running
+    );
+    store.close().await;
+}
+
+/// Tasks of the throughput measurement, and runs they are spread over in its concurrent part.
+const THROUGHPUT_TASKS: usize = 10_000;
+const THROUGHPUT_RUNS: usize = 16;
+
+/// Drives every task of `run` through dispatch, start and success, one commit per event (the
+/// slowest way an actor can commit): three commits per task. Returns the commits made.
+async fn drive_to_success(store: &SqliteStore, run: &mut TestRun) -> usize {
+    let mut commits = 0;
+    let mut now = NOW_MS + 1;
+    run.step(store, control(Control::Start), now).await;
+    commits += 1;
+    loop {
+        let running: Vec<(String, u32)> = run
+            .state
+            .tasks
+            .iter()
+            .filter_map(|t| match t.status {
+                TaskStatus::Running { attempt, .. } => Some((t.id.clone(), attempt)),
+                _ => None,
+            })
+            .collect();
+        if running.is_empty() {
+            break;
+        }
+        for (task, attempt) in running {
+            now += 1;
+            let started = Event::TaskStarted {
+                task: task.clone(),
+                attempt,
+            };
+            run.step(store, started, now).await;
+            run.step(store, Event::TaskSucceeded { task, attempt }, now)
+                .await;
+            commits += 2;
+        }
+    }
+    assert_eq!(run.state.run.status, RunStatus::Succeeded);
+    commits
+}
+
+/// Not run by default: `cargo test --release -p levee-store --test sqlite -- --ignored
+/// --nocapture throughput` prints figures for the run store on this machine's disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn run_store_throughput() {
+    let (store, _dir) = fresh().await;
+    let run = TestRun::new("huge", wide_plan(THROUGHPUT_TASKS), NOW_MS);
+    let started = Instant::now();
+    create_test_run(&store, &run, None, "fleet").await;
+    let created = started.elapsed();
+    let loaded = store.load_run("huge").await.unwrap().unwrap();
+    assert_eq!(loaded.state.tasks.len(), THROUGHPUT_TASKS);
+    eprintln!(
+        "create {THROUGHPUT_TASKS}-task run: {created:?}, load it: {:?}",
+        started.elapsed() - created
+    );
+
+    // One run, one commit at a time: every commit waits for its own fsync.
+    let mut one = TestRun::new("one", wide_plan(THROUGHPUT_TASKS / 10), NOW_MS);
+    create_test_run(&store, &one, None, "fleet").await;
+    let started = Instant::now();
+    let commits = drive_to_success(&store, &mut one).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!(
+        "one run, sequential commits: {} tasks in {elapsed:.2}s: {:.0} commits/s, {:.0} tasks/s",
+        THROUGHPUT_TASKS / 10,
+        commits as f64 / elapsed,
+        (THROUGHPUT_TASKS / 10) as f64 / elapsed
+    );
+
+    // Many runs at once, as many actors would: their commits share group commits.
+    let store = Arc::new(store);
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    for i in 0..THROUGHPUT_RUNS {
+        let store = Arc::clone(&store);
+        let mut run = TestRun::new(
+            &format!("many-{i}"),
+            wide_plan(THROUGHPUT_TASKS / THROUGHPUT_RUNS),
+            NOW_MS,
+        );
+        tasks.push(tokio::spawn(async move {
+            create_test_run(&*store, &run, None, "fleet").await;
+            drive_to_success(&store, &mut run).await
+        }));
+    }
+    let mut commits = 0;
+    for task in tasks {
+        commits += task.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{THROUGHPUT_RUNS} runs at once: {THROUGHPUT_TASKS} tasks in {elapsed:.2}s: {:.0} \
+         commits/s, {:.0} tasks/s",
+        commits as f64 / elapsed,
+        THROUGHPUT_TASKS as f64 / elapsed
+    );
+
+    let started = Instant::now();
+    let page = store
+        .runs(&RunFilter {
+            limit: 100,
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    eprintln!("list {} runs: {:?}", page.len(), started.elapsed());
+    let started = Instant::now();
+    let durations = store.task_durations("fleet", 20).await.unwrap();
+    eprintln!(
+        "task durations ({} rows): {:?}",
+        durations.len(),
+        started.elapsed()
+    );
+    store.close().await;
 }

@@ -11,6 +11,10 @@
 //! decided before it in the same transaction, whether from its own call or another one, which
 //! is what makes read-decide-write free of lost updates. Changed records, history and audit
 //! rows are written with a few multi-row statements just before the commit.
+//!
+//! Run commits get the same treatment ([`super::runs`]): their compare-and-set is checked
+//! against an overlay of run versions, so commits of one run in one batch chain up, and one
+//! that fails its check is answered `Conflict` without failing the rest of the batch.
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
@@ -26,9 +30,10 @@ use super::codec::{
     MACHINE_COLUMN_COUNT, MACHINE_COLUMNS, SQLITE_MAX_VARIABLES, db_error, definition_from_row,
     history_from_row, history_kind_name, machine_from_row, values_placeholders,
 };
+use super::runs::{RunBatch, write_setting};
 use crate::{
-    Applied, AuditEntry, DefinitionRecord, Error, MachineOp, NewDefinition, OpContext, OpOutcome,
-    Result, TokenRecord,
+    Applied, AuditEntry, CreatedRun, DefinitionRecord, Error, MachineOp, NewDefinition, NewRun,
+    OpContext, OpOutcome, Result, RunCommit, TokenRecord,
 };
 
 /// Requests that may wait for the writer before senders are made to wait too. Bounded so a
@@ -73,6 +78,22 @@ pub(crate) enum Write {
     Ping {
         reply: Reply<()>,
     },
+    /// Boxed: a run carries every task record, and most writes are far smaller.
+    CreateRun {
+        run: Box<NewRun>,
+        audit: Option<AuditEntry>,
+        reply: Reply<CreatedRun>,
+    },
+    CommitRun {
+        commit: Box<RunCommit>,
+        reply: Reply<()>,
+    },
+    SetSetting {
+        key: String,
+        value: serde_json::Value,
+        audit: Option<AuditEntry>,
+        reply: Reply<()>,
+    },
 }
 
 #[expect(
@@ -98,6 +119,11 @@ impl Write {
                 machines,
                 ..
             } => (definitions.len() + machines.len()).max(1),
+            Write::CreateRun { run, .. } => run.state.tasks.len().max(1),
+            Write::CommitRun { commit, .. } => {
+                (commit.change.tasks.len() + commit.change.journal.len() + commit.outputs.len())
+                    .max(1)
+            }
             _ => 1,
         }
     }
@@ -115,8 +141,13 @@ impl Write {
             Write::RevokeToken { reply, .. } => {
                 let _ = reply.send(Err(error()));
             }
+            Write::CreateRun { reply, .. } => {
+                let _ = reply.send(Err(error()));
+            }
             Write::Audit { reply, .. }
             | Write::CreateToken { reply, .. }
+            | Write::CommitRun { reply, .. }
+            | Write::SetSetting { reply, .. }
             | Write::Ping { reply } => {
                 let _ = reply.send(Err(error()));
             }
@@ -330,6 +361,8 @@ async fn run_batch(
         .map_err(|e| db_error("begin a write transaction", e))?;
     let (ids, needs_seq) = named_machines(pending.as_slice());
     let mut batch = Batch::load(conn, &ids, needs_seq).await?;
+    let runs = named_runs(pending.as_slice());
+    batch.runs.load(conn, &runs).await?;
     for write in pending.by_ref() {
         match write {
             Write::Run { ops, reply } => {
@@ -367,6 +400,27 @@ async fn run_batch(
                 settle(done, reply, outcome)?;
             }
             Write::Ping { reply } => done.push(finish(reply, Ok(()))),
+            Write::CreateRun { run, audit, reply } => {
+                let outcome = batch.runs.create(conn, *run, audit, &mut batch.audit).await;
+                settle(done, reply, outcome)?;
+            }
+            Write::CommitRun { commit, reply } => {
+                let outcome = batch.runs.commit(conn, *commit, &mut batch.audit).await;
+                settle(done, reply, outcome)?;
+            }
+            Write::SetSetting {
+                key,
+                value,
+                audit,
+                reply,
+            } => {
+                let at_ms = audit.as_ref().map(|entry| entry.at_ms);
+                let outcome = write_setting(conn, &key, &value, at_ms).await;
+                if matches!(outcome, Ok(Ok(()))) {
+                    push_audit(&mut batch.audit, audit, "ok");
+                }
+                settle(done, reply, outcome)?;
+            }
         }
     }
     batch.flush(conn).await?;
@@ -395,6 +449,8 @@ struct Batch {
     /// New history entries, `seq` already assigned, in seq order.
     history: Vec<HistoryEntry>,
     audit: Vec<AuditEntry>,
+    /// Runs: their version overlay and the rows of their commits.
+    runs: RunBatch,
     /// The seq the next history entry gets. Assigned here rather than read back after the
     /// insert, so a decision that reads history sees entries decided earlier in the same
     /// batch with their final seq. Safe because the batch holds SQLite's write lock from its
@@ -413,7 +469,7 @@ struct Mark {
 
 const NOT_FOUND: &str = "not_found";
 
-fn push_audit(audit: &mut Vec<AuditEntry>, entry: Option<AuditEntry>, outcome: &str) {
+pub(super) fn push_audit(audit: &mut Vec<AuditEntry>, entry: Option<AuditEntry>, outcome: &str) {
     if let Some(mut entry) = entry {
         entry.outcome = outcome.to_string();
         audit.push(entry);
@@ -482,6 +538,21 @@ fn named_machines(writes: &[Write]) -> (Vec<String>, bool) {
     (ids, writes_history)
 }
 
+/// Every run the batch's commits name (sorted, without repeats), to read their versions with
+/// one query.
+fn named_runs(writes: &[Write]) -> Vec<&str> {
+    let mut ids: Vec<&str> = writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::CommitRun { commit, .. } => Some(commit.run_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 impl Batch {
     /// Reads, inside the transaction, every machine the batch names, with one query.
     async fn load(conn: &mut SqliteConnection, ids: &[String], needs_seq: bool) -> Result<Batch> {
@@ -490,6 +561,7 @@ impl Batch {
             dirty: HashSet::new(),
             history: Vec::new(),
             audit: Vec::new(),
+            runs: RunBatch::default(),
             next_seq: 0,
         };
         if needs_seq {
@@ -874,9 +946,10 @@ impl Batch {
         Ok(Ok(revoked))
     }
 
-    /// Writes the batch's changed records, history and audit rows, each with as few
+    /// Writes the batch's changed records, history, run rows and audit rows, each with as few
     /// multi-row statements as SQLite's parameter limit allows.
-    async fn flush(&self, conn: &mut SqliteConnection) -> Result<()> {
+    async fn flush(&mut self, conn: &mut SqliteConnection) -> Result<()> {
+        self.runs.flush(conn).await?;
         let records: Vec<&MachineRecord> = self
             .dirty
             .iter()
