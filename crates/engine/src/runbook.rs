@@ -344,6 +344,11 @@ pub enum Control {
         task: TaskId,
         dep: TaskId,
     },
+    /// Gives the approval a running `approval` task waits for; the task succeeds. Who may
+    /// approve (named approvers, not the run's starter) is the server's rule, checked before.
+    Approve {
+        task: TaskId,
+    },
 }
 
 /// Something that happened to a run.
@@ -384,6 +389,14 @@ pub enum Event {
     TimedOut {
         task: TaskId,
         attempt: u32,
+    },
+    /// The attempt has run longer than its history says it should (see
+    /// [`stuck_threshold_ms`]): journaled and notified; the task keeps running.
+    TaskStuck {
+        task: TaskId,
+        attempt: u32,
+        running_ms: u64,
+        threshold_ms: u64,
     },
     /// The server restarted: whatever was running in the old process is gone.
     Recovered,
@@ -431,6 +444,8 @@ pub enum NotifyKind {
     Stalled,
     Failed,
     ApprovalNeeded,
+    /// A task runs longer than its history says it should.
+    Stuck,
     Finished,
 }
 
@@ -476,6 +491,8 @@ pub enum JournalKind {
     },
     TaskStalled {
         cause: StallCause,
+        /// Named apart from the entry's own `reason` (an operator's), which shares its object.
+        #[serde(rename = "stall_reason")]
         reason: String,
     },
     /// After a restart, an interrupted attempt that is safe to run again was queued again.
@@ -492,6 +509,14 @@ pub enum JournalKind {
     },
     WeakDepOverridden {
         dep: TaskId,
+    },
+    TaskStuck {
+        attempt: u32,
+        running_ms: u64,
+        threshold_ms: u64,
+    },
+    Approved {
+        attempt: u32,
     },
 }
 
@@ -572,6 +597,12 @@ pub enum Refusal {
     AlreadyOverridden { task: TaskId, dep: TaskId },
     #[error("task `{task}` is {status}; only a waiting task waits for a dependency")]
     NotWaiting { task: TaskId, status: String },
+    #[error("task `{task}` does not wait for an approval (it is a `{stage}` task, {status})")]
+    NotAwaitingApproval {
+        task: TaskId,
+        stage: String,
+        status: String,
+    },
 }
 
 impl Refusal {
@@ -592,6 +623,7 @@ impl Refusal {
             Refusal::NotAWeakDep { .. } => "not_a_weak_dep",
             Refusal::AlreadyOverridden { .. } => "already_overridden",
             Refusal::NotWaiting { .. } => "not_waiting",
+            Refusal::NotAwaitingApproval { .. } => "not_awaiting_approval",
         }
     }
 }
@@ -672,6 +704,27 @@ pub fn apply(
         Event::TimedOut { task, attempt } => {
             let i = draft.running_attempt(task, *attempt)?;
             draft.time_out(i);
+        }
+        Event::TaskStuck {
+            task,
+            attempt,
+            running_ms,
+            threshold_ms,
+        } => {
+            let i = draft.running_attempt(task, *attempt)?;
+            draft.note(
+                Some(i),
+                JournalKind::TaskStuck {
+                    attempt: *attempt,
+                    running_ms: *running_ms,
+                    threshold_ms: *threshold_ms,
+                },
+            );
+            let message = format!(
+                "task `{task}` has run for {running_ms} ms, past the {threshold_ms} ms that 75% \
+                 of its past runs took"
+            );
+            draft.notify(NotifyKind::Stuck, Some(i), message);
         }
         Event::Recovered => draft.recover(),
         Event::Tick => draft.tick(),
@@ -1058,6 +1111,30 @@ impl Draft<'_> {
                     record.budget_from = record.attempts;
                 }
                 self.note_by(by, Some(i), JournalKind::ConditionOverridden { phase });
+            }
+            Control::Approve { task } => {
+                let i = self.open_task(task)?;
+                let stage = &self.plan.task(i).stage;
+                let TaskStatus::Running { attempt, .. } = *self.status(i) else {
+                    return Err(Refusal::NotAwaitingApproval {
+                        task: task.clone(),
+                        stage: stage.clone(),
+                        status: self.status(i).name().to_string(),
+                    });
+                };
+                if stage != APPROVAL_STAGE {
+                    return Err(Refusal::NotAwaitingApproval {
+                        task: task.clone(),
+                        stage: stage.clone(),
+                        status: self.status(i).name().to_string(),
+                    });
+                }
+                self.note_by(by, Some(i), JournalKind::Approved { attempt });
+                self.succeed(i, attempt);
+                self.actions.push(Action::CancelTask {
+                    task: task.clone(),
+                    attempt,
+                });
             }
             Control::OverrideWeakDep { task, dep } => {
                 let i = self.open_task(task)?;

@@ -926,3 +926,106 @@ fn stuck_detection_uses_the_75th_percentile_of_enough_history() {
     let done = run.state.task("a").unwrap();
     assert!(!is_stuck(done, 1_000, Some(40)));
 }
+
+#[test]
+fn an_approval_succeeds_the_waiting_task_and_names_the_approver() {
+    let mut run = Run::new(vec![
+        PlanTask::new("approve", APPROVAL_STAGE).idempotent(true),
+        PlanTask::new("drain", "shell").needs(&["approve"]),
+    ]);
+    run.start();
+    run.begin("approve");
+    let attempt = run.attempt("approve");
+    let actions = run
+        .control(Control::Approve {
+            task: "approve".to_string(),
+        })
+        .expect("approval accepted");
+    assert_eq!(*run.status("approve"), TaskStatus::Succeeded);
+    assert_eq!(started(&actions), vec!["drain"]);
+    assert!(actions.contains(&Action::CancelTask {
+        task: "approve".to_string(),
+        attempt
+    }));
+    // The approval is journaled with who gave it and why, before the task's success.
+    let decision = apply(
+        &run.plan,
+        &run.state,
+        &Event::Control {
+            by: operator(),
+            control: Control::Approve {
+                task: "drain".to_string(),
+            },
+        },
+        Context {
+            now_ms: 0,
+            global_pause: false,
+        },
+    );
+    assert!(matches!(
+        decision,
+        Err(Refusal::NotAwaitingApproval { ref stage, .. }) if stage == "shell"
+    ));
+}
+
+#[test]
+fn approving_a_task_that_is_not_running_is_refused() {
+    let mut run = Run::new(vec![
+        PlanTask::new("first", "shell"),
+        PlanTask::new("approve", APPROVAL_STAGE).needs(&["first"]),
+    ]);
+    run.start();
+    let refusal = run
+        .control(Control::Approve {
+            task: "approve".to_string(),
+        })
+        .unwrap_err();
+    assert_eq!(refusal.code(), "not_awaiting_approval");
+    assert_eq!(*run.status("approve"), TaskStatus::Waiting);
+}
+
+#[test]
+fn a_stuck_task_is_journaled_and_notified_but_keeps_running() {
+    let mut run = Run::new(vec![PlanTask::new("slow", "shell")]);
+    run.start();
+    run.begin("slow");
+    let attempt = run.attempt("slow");
+    let decision = run
+        .try_apply(Event::TaskStuck {
+            task: "slow".to_string(),
+            attempt,
+            running_ms: 90_000,
+            threshold_ms: 60_000,
+        })
+        .expect("stuck alert accepted");
+    assert!(matches!(run.status("slow"), TaskStatus::Running { .. }));
+    assert!(matches!(
+        decision.change.journal[0].kind,
+        JournalKind::TaskStuck {
+            running_ms: 90_000,
+            threshold_ms: 60_000,
+            ..
+        }
+    ));
+    assert!(decision.actions.iter().any(|a| matches!(
+        a,
+        Action::Notify {
+            kind: NotifyKind::Stuck,
+            ..
+        }
+    )));
+    // A late alert about an attempt that has ended changes nothing.
+    run.apply(Event::TaskSucceeded {
+        task: "slow".to_string(),
+        attempt,
+    });
+    assert!(
+        run.try_apply(Event::TaskStuck {
+            task: "slow".to_string(),
+            attempt,
+            running_ms: 1,
+            threshold_ms: 1,
+        })
+        .is_err()
+    );
+}
