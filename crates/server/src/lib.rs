@@ -14,8 +14,10 @@ pub mod machines;
 pub mod metrics;
 pub mod openapi;
 pub mod runbooks;
+pub mod runs;
 pub mod serve;
 pub mod timers;
+pub mod webhooks;
 
 use std::sync::Arc;
 

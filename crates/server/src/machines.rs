@@ -36,6 +36,8 @@ const CACHE_SHARDS: usize = 64;
 pub struct AppOptions {
     /// The machine `/state` answers for (`levee serve --machine`).
     pub compat_machine: Option<String>,
+    /// Where run notifications (stalls, failures, approvals needed, stuck tasks) are sent.
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 /// Shared state of one server process. Everything here is derived from the store.
@@ -53,6 +55,8 @@ pub struct App {
     /// Held while definitions are linted and stored, so two applies in this process never
     /// link against the same old set of runbooks and templates.
     apply_lock: tokio::sync::Mutex<()>,
+    /// Runbook runs: their actors, the global pause, event-stream notices, webhooks.
+    pub runs: crate::runs::Runs,
 }
 
 impl App {
@@ -63,6 +67,13 @@ impl App {
         options: AppOptions,
     ) -> anyhow::Result<Arc<App>> {
         let auth = Auth::load(&store).await?;
+        let global_pause = crate::runs::load_global_pause(&store).await?;
+        let notifier = if options.webhooks.urls.is_empty() {
+            crate::webhooks::Notifier::disabled()
+        } else {
+            options.webhooks.validate()?;
+            crate::webhooks::Notifier::start(options.webhooks)
+        };
         let app = App {
             store,
             clock,
@@ -74,10 +85,13 @@ impl App {
             metrics: crate::metrics::Metrics::install(),
             stages: levee_stages::Registry::builtin(),
             apply_lock: tokio::sync::Mutex::new(()),
+            runs: crate::runs::Runs::new(global_pause, notifier),
         };
         app.reload().await?;
+        let app = Arc::new(app);
+        app.recover_runs().await?;
         app.ready.store(true, Ordering::SeqCst);
-        Ok(Arc::new(app))
+        Ok(app)
     }
 
     /// Rebuilds the definition map and the machine cache from the store.

@@ -68,6 +68,28 @@ impl Metrics {
                     "levee_machines",
                     "Machine instances known to this replica"
                 );
+                metrics::describe_counter!("levee_runs_created_total", "Runbook runs created");
+                metrics::describe_counter!(
+                    "levee_runs_finished_total",
+                    "Runbook runs that reached an end state, by status"
+                );
+                metrics::describe_counter!(
+                    "levee_run_tasks_ended_total",
+                    "Task attempts that ended, by outcome"
+                );
+                metrics::describe_counter!(
+                    "levee_run_notifications_total",
+                    "Run notifications raised (stalls, failures, approvals needed, stuck tasks), \
+                     by kind"
+                );
+                metrics::describe_counter!(
+                    "levee_webhook_deliveries_total",
+                    "Webhook notifications, by outcome (ok, failed, dropped)"
+                );
+                metrics::describe_counter!(
+                    "levee_stuck_tasks_total",
+                    "Stuck alerts: a task ran past the 75th percentile of its history"
+                );
                 handle
             })
             .clone();
@@ -84,6 +106,34 @@ impl Metrics {
 
     pub fn set_machines(&self, count: usize) {
         metrics::gauge!("levee_machines").set(count as f64);
+    }
+
+    pub fn run_created(&self) {
+        metrics::counter!("levee_runs_created_total").increment(1);
+    }
+
+    pub fn run_finished(&self, status: levee_engine::runbook::RunStatus) {
+        metrics::counter!("levee_runs_finished_total", "status" => status.name()).increment(1);
+    }
+
+    /// `outcome` is one of a few static names (`succeeded`, `failed`, ...).
+    pub fn task_ended(&self, outcome: &'static str) {
+        metrics::counter!("levee_run_tasks_ended_total", "outcome" => outcome).increment(1);
+    }
+
+    pub fn run_notification(&self, kind: levee_engine::runbook::NotifyKind) {
+        use levee_engine::runbook::NotifyKind;
+        let name = match kind {
+            NotifyKind::Stalled => "stalled",
+            NotifyKind::Failed => "failed",
+            NotifyKind::ApprovalNeeded => "approval_needed",
+            NotifyKind::Stuck => "stuck",
+            NotifyKind::Finished => "finished",
+        };
+        metrics::counter!("levee_run_notifications_total", "kind" => name).increment(1);
+        if kind == NotifyKind::Stuck {
+            metrics::counter!("levee_stuck_tasks_total").increment(1);
+        }
     }
 }
 

@@ -3,9 +3,10 @@
 //!
 //! A plan (`POST /api/v1/runbooks/{name}/plan`, `levee plan`) has no side effects: it binds
 //! the parameters, renders every task's arguments, and predicts the waves, each task's duration,
-//! the critical path and the speedup of the parallel schedule. No run has been recorded yet, so
-//! every prediction is an estimate (see [`predict_task_ms`]) marked with its source
-//! ([`PREDICTION_SOURCE_ESTIMATE`]), so that history-based predictions can replace it later.
+//! the critical path and the speedup of the parallel schedule. A task with past successes is
+//! predicted from their median ([`PREDICTION_SOURCE_HISTORY`]); one without from its stage's
+//! estimate (see [`predict_task_ms`], [`PREDICTION_SOURCE_ESTIMATE`]). Every pre-condition is
+//! evaluated once, read-only, so the operator sees which gates would hold now.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -41,6 +42,14 @@ pub const WAIT_STAGE: &str = "wait";
 /// The source of a prediction made without run history: the stage's own estimate, or
 /// [`DEFAULT_PREDICTED_TASK_MS`].
 pub const PREDICTION_SOURCE_ESTIMATE: &str = "estimate";
+/// The source of a prediction from past runs: the median of the task's latest successes.
+pub const PREDICTION_SOURCE_HISTORY: &str = "history";
+/// The source of a whole-run prediction built from both.
+pub const PREDICTION_SOURCE_MIXED: &str = "mixed";
+/// Most pre-conditions a plan evaluates; a plan stays quick however large the runbook.
+pub const MAX_PLAN_PRE_CHECKS: usize = 200;
+/// Pre-conditions a plan evaluates at once.
+pub const PLAN_PRE_CHECK_CONCURRENCY: usize = 16;
 /// Growth of the wait between two retries, as the engine's retry policy needs it: the model's
 /// `backoff` doubles until `max_backoff`.
 const RETRY_BACKOFF_MULTIPLIER: u32 = 2;
@@ -162,6 +171,14 @@ pub struct PlanRequest {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub params: BTreeMap<String, Value>,
+    /// Evaluate every task's pre-conditions now (read-only checks; at most
+    /// `MAX_PLAN_PRE_CHECKS`). On by default.
+    #[serde(default = "default_true")]
+    pub check_pre: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// What a run of a runbook would do, computed without doing any of it.
@@ -203,6 +220,18 @@ pub struct PlannedTask {
     /// Index into `waves`.
     pub wave: usize,
     pub predicted: Prediction,
+    /// Each pre-condition evaluated now, without running anything (a dry run of the gate).
+    #[serde(default)]
+    pub pre_now: Vec<CheckNow>,
+}
+
+/// A check evaluated now, for a plan.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CheckNow {
+    pub name: String,
+    pub ok: bool,
+    pub observed: String,
+    pub reason: String,
 }
 
 /// How many `pre`, `post` and `health` checks a task has.
@@ -315,6 +344,17 @@ fn compiled(definition: &Definition) -> Result<Value, ApiError> {
         Definition::StateMachine(def) => serde_json::to_value(def),
     }
     .map_err(ApiError::internal)
+}
+
+/// A runbook ready to run: parameters bound, arguments rendered, the plan built.
+pub struct Prepared {
+    /// The runbook definition's stored version.
+    pub version: i64,
+    pub runbook: ResolvedRunbook,
+    pub bound: levee_model::BoundParams,
+    /// Each task's `with`, rendered, in plan order.
+    pub rendered: Vec<Value>,
+    pub plan: RunPlan,
 }
 
 impl App {
@@ -469,14 +509,13 @@ impl App {
         Ok(summaries)
     }
 
-    /// What a run of `name` with `params` would do. Reads only; changes nothing.
-    pub async fn plan_runbook(
+    /// Binds `params` to the stored runbook `name`, renders every task's arguments and builds
+    /// the engine's plan: everything a plan shows and a run executes. Reads only.
+    pub async fn prepare_run(
         &self,
-        caller: &Caller,
         name: &str,
-        request: PlanRequest,
-    ) -> Result<PlanView, ApiError> {
-        caller.require(Role::Viewer)?;
+        params: BTreeMap<String, Value>,
+    ) -> Result<Prepared, ApiError> {
         let Some(record) = self.store.definition(KIND_RUNBOOK, name).await? else {
             return Err(ApiError::not_found(format!(
                 "no runbook named `{name}`; `GET /api/v1/runbooks` lists them, and `levee apply \
@@ -490,7 +529,7 @@ impl App {
             .ok_or_else(|| ApiError::not_found(format!("no runbook named `{name}`")))?;
         let mut given = BTreeMap::new();
         let mut errors = Vec::new();
-        for (param, value) in request.params {
+        for (param, value) in params {
             match value {
                 Value::String(text) => {
                     given.insert(param, text);
@@ -539,15 +578,73 @@ impl App {
                 format!("runbook `{name}` cannot run: {error}"),
             )
         })?;
-        let predicted: BTreeMap<&str, u64> = runbook
+        Ok(Prepared {
+            version: record.version,
+            runbook,
+            bound,
+            rendered,
+            plan,
+        })
+    }
+
+    /// What a run of `name` with `params` would do. Reads only; changes nothing.
+    pub async fn plan_runbook(
+        &self,
+        caller: &Caller,
+        name: &str,
+        request: PlanRequest,
+    ) -> Result<PlanView, ApiError> {
+        caller.require(Role::Viewer)?;
+        let Prepared {
+            version,
+            runbook,
+            bound,
+            rendered,
+            plan,
+        } = self.prepare_run(name, request.params.clone()).await?;
+        let mut history: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for past in self
+            .store
+            .task_durations(name, crate::runs::DURATION_HISTORY_PER_TASK)
+            .await?
+        {
+            history.entry(past.task).or_default().push(past.duration_ms);
+        }
+        let mut from_history = 0;
+        let predicted: BTreeMap<&str, Prediction> = runbook
             .tasks
             .iter()
             .zip(&rendered)
             .map(|(task, with)| {
-                let ms = predict_task_ms(&task.stage, with, task.timeout_ms);
-                (task.id.as_str(), ms)
+                let prediction = match history.get_mut(&task.id) {
+                    Some(past) if !past.is_empty() => {
+                        past.sort_unstable();
+                        from_history += 1;
+                        Prediction {
+                            duration_ms: past[past.len() / 2],
+                            source: PREDICTION_SOURCE_HISTORY.to_string(),
+                        }
+                    }
+                    _ => Prediction {
+                        duration_ms: predict_task_ms(&task.stage, with, task.timeout_ms),
+                        source: PREDICTION_SOURCE_ESTIMATE.to_string(),
+                    },
+                };
+                (task.id.as_str(), prediction)
             })
             .collect();
+        let whole_source = if from_history == 0 {
+            PREDICTION_SOURCE_ESTIMATE
+        } else if from_history == runbook.tasks.len() {
+            PREDICTION_SOURCE_HISTORY
+        } else {
+            PREDICTION_SOURCE_MIXED
+        };
+        let pre_now = if request.check_pre {
+            self.evaluate_pre_now(&runbook, &bound).await
+        } else {
+            BTreeMap::new()
+        };
         let waves = engine::plan_waves(&plan);
         let wave_of: BTreeMap<&str, usize> = waves
             .iter()
@@ -557,13 +654,8 @@ impl App {
         let path = engine::critical_path(&plan, &|id| {
             predicted
                 .get(id)
-                .copied()
-                .unwrap_or(DEFAULT_PREDICTED_TASK_MS)
+                .map_or(DEFAULT_PREDICTED_TASK_MS, |p| p.duration_ms)
         });
-        let estimate = |duration_ms| Prediction {
-            duration_ms,
-            source: PREDICTION_SOURCE_ESTIMATE.to_string(),
-        };
         let tasks = runbook
             .tasks
             .iter()
@@ -588,23 +680,73 @@ impl App {
                 },
                 idempotent: planned.idempotent,
                 wave: wave_of.get(task.id.as_str()).copied().unwrap_or(0),
-                predicted: estimate(predicted[task.id.as_str()]),
+                predicted: predicted[task.id.as_str()].clone(),
+                pre_now: pre_now.get(&task.id).cloned().unwrap_or_default(),
             })
             .collect();
         Ok(PlanView {
             runbook: runbook.name.clone(),
-            version: record.version,
+            version,
             params: bound.values,
             tasks,
             waves,
-            predicted: estimate(path.length_ms),
+            predicted: Prediction {
+                duration_ms: path.length_ms,
+                source: whole_source.to_string(),
+            },
             critical_path: path.into(),
             max_parallel: runbook.max_parallel,
         })
     }
 
+    /// Every task's pre-conditions evaluated now, concurrently and bounded, by task id.
+    async fn evaluate_pre_now(
+        &self,
+        runbook: &ResolvedRunbook,
+        bound: &levee_model::BoundParams,
+    ) -> BTreeMap<String, Vec<CheckNow>> {
+        use futures::StreamExt;
+        let mut checks = Vec::new();
+        for task in &runbook.tasks {
+            for check in &task.pre {
+                if checks.len() >= MAX_PLAN_PRE_CHECKS {
+                    break;
+                }
+                match crate::runs::spec::check_spec(check, bound) {
+                    Ok(spec) => checks.push((task.id.clone(), spec)),
+                    Err(reason) => tracing::debug!(%reason, "pre-condition does not render"),
+                }
+            }
+        }
+        let cancel = levee_stages::CancelToken::never();
+        let results: Vec<(String, CheckNow)> = futures::stream::iter(checks)
+            .map(|(task, spec)| {
+                let cancel = cancel.clone();
+                async move {
+                    let outcome = crate::runs::evaluate_check(self, &cancel, &spec).await;
+                    (
+                        task,
+                        CheckNow {
+                            name: spec.name,
+                            ok: outcome.ok,
+                            observed: outcome.observed,
+                            reason: outcome.reason,
+                        },
+                    )
+                }
+            })
+            .buffered(PLAN_PRE_CHECK_CONCURRENCY)
+            .collect()
+            .await;
+        let mut by_task: BTreeMap<String, Vec<CheckNow>> = BTreeMap::new();
+        for (task, now) in results {
+            by_task.entry(task).or_default().push(now);
+        }
+        by_task
+    }
+
     /// The engine's view of one task, with its arguments rendered.
-    fn plan_task(&self, task: &ResolvedTask, with: &Value) -> PlanTask {
+    pub(crate) fn plan_task(&self, task: &ResolvedTask, with: &Value) -> PlanTask {
         let count = |checks: &[levee_model::Check]| u32::try_from(checks.len()).unwrap_or(u32::MAX);
         let retries = engine::RetryPolicy {
             max_attempts: task

@@ -47,9 +47,10 @@ pub fn router() -> Router<SharedApp> {
         .route("/audit", get(list_audit))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{name}", delete(revoke_token))
+        .merge(super::runs::router())
 }
 
-fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     match limit {
         None => Ok(DEFAULT_PAGE_LIMIT),
         Some(0) => Err(ApiError::bad_request("`limit` must be at least 1")),

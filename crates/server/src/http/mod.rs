@@ -3,6 +3,7 @@
 pub mod api;
 pub mod compat;
 pub mod native;
+pub mod runs;
 
 use std::time::Duration;
 

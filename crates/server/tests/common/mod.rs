@@ -84,6 +84,8 @@ pub struct Options {
     pub machine_file: Option<(String, String)>,
     /// The folder (and so the database) of an earlier server, to restart on it.
     pub dir: Option<Arc<TempDir>>,
+    /// Run on the system clock instead of the manual one (runs measure real durations).
+    pub real_clock: bool,
 }
 
 /// A Levee server running in this process on `127.0.0.1:0`, with its own SQLite file.
@@ -139,7 +141,12 @@ pub async fn start_with(options: Options) -> TestServer {
         .await
         .expect("open the SQLite store");
     let clock = Arc::new(ManualClock::new(options.clock_ms.unwrap_or(START_MS)));
-    let app = App::open(Arc::new(store), clock.clone(), AppOptions::default())
+    let app_clock: Arc<dyn levee_server::Clock> = if options.real_clock {
+        Arc::new(levee_server::SystemClock)
+    } else {
+        clock.clone()
+    };
+    let app = App::open(Arc::new(store), app_clock, AppOptions::default())
         .await
         .expect("open the app");
     if let Some((name, content)) = &options.machine_file {
@@ -350,6 +357,7 @@ impl TestServer {
             clock_ms: Some(clock_ms),
             machine_file: machine_file.map(|(n, c)| (n.to_string(), c.to_string())),
             dir: Some(dir),
+            ..Options::default()
         })
         .await
     }

@@ -1,0 +1,367 @@
+//! One actor per active run: the run's only writer in this process.
+//!
+//! Each turn takes the events queued for the run (up to [`MAX_EVENTS_PER_COMMIT`]), applies
+//! them one after another to the in-memory copy of the committed state, commits everything
+//! they changed in one store write (compare-and-set on the run's version), and only then
+//! answers the senders and executes the actions. Many tasks finishing at once therefore cost
+//! one commit, not one each, and no action ever runs ahead of the journal.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use levee_engine::runbook::{
+    self as engine, Action, Change, Context, Event, NotifyKind, RunPlan, RunState,
+};
+use levee_stages::Canceller;
+use levee_store::{AuditEntry, Error as StoreError, RunCommit, StoredRun, TaskOutput};
+use tokio::sync::{mpsc, oneshot};
+
+use super::Msg;
+use super::spec::RunSpec;
+use super::task::{self, Attempt};
+use crate::error::ApiError;
+use crate::machines::App;
+
+/// Most events applied and committed together. Bounds the size of one commit and how long
+/// one run holds the writer, while letting a burst of finishing tasks share a commit.
+pub const MAX_EVENTS_PER_COMMIT: usize = 512;
+/// Wait before retrying a commit the store could not take (disk full, database down). The
+/// decision is kept in memory and committed as soon as the store takes writes again; nothing
+/// is acknowledged or acted on before that.
+pub const COMMIT_RETRY_MS: u64 = 500;
+
+type Reply = oneshot::Sender<Result<(), ApiError>>;
+
+struct Actor {
+    app: Arc<App>,
+    id: String,
+    runbook: String,
+    spec: Arc<RunSpec>,
+    plan: Arc<RunPlan>,
+    /// Equal to the committed state after every turn.
+    state: RunState,
+    /// Attempts running in this process, by task index.
+    running: HashMap<usize, (u32, Canceller)>,
+    /// Past durations per task id, for stuck detection.
+    history: HashMap<String, Vec<u64>>,
+    wake_at_ms: Option<i64>,
+    sender: mpsc::WeakSender<Msg>,
+}
+
+pub(crate) fn spawn(
+    app: Arc<App>,
+    stored: StoredRun,
+    spec: RunSpec,
+    plan: RunPlan,
+    sender: mpsc::Sender<Msg>,
+    receiver: mpsc::Receiver<Msg>,
+) {
+    let actor = Actor {
+        app,
+        id: stored.id,
+        runbook: stored.runbook,
+        spec: Arc::new(spec),
+        plan: Arc::new(plan),
+        state: stored.state,
+        running: HashMap::new(),
+        history: HashMap::new(),
+        wake_at_ms: None,
+        sender: sender.downgrade(),
+    };
+    drop(sender);
+    tokio::spawn(actor.run(receiver));
+}
+
+/// The events of one turn, merged into one commit.
+#[derive(Default)]
+struct Turn {
+    tasks: BTreeMap<usize, engine::TaskRecord>,
+    journal: Vec<engine::JournalEntry>,
+    run: Option<engine::RunRecord>,
+    actions: Vec<Action>,
+    outputs: Vec<TaskOutput>,
+    audits: Vec<AuditEntry>,
+    replies: Vec<(Reply, Result<(), ApiError>)>,
+}
+
+impl Turn {
+    /// Adds a decision's change; `before` is the run's version it was decided against (a
+    /// change that stores nothing keeps the version).
+    fn add(&mut self, change: Change, before: i64) {
+        if change.run.version == before {
+            return;
+        }
+        self.run = Some(change.run);
+        self.tasks.extend(change.tasks);
+        self.journal.extend(change.journal);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.run.is_none() && self.audits.is_empty() && self.outputs.is_empty()
+    }
+}
+
+impl Actor {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Msg>) {
+        self.history = self.load_history().await;
+        loop {
+            let first = match self.wake_at_ms {
+                Some(at) => {
+                    let wait = u64::try_from(at.saturating_sub(self.app.now_ms())).unwrap_or(0);
+                    tokio::select! {
+                        msg = receiver.recv() => msg,
+                        () = tokio::time::sleep(Duration::from_millis(wait)) => {
+                            self.wake_at_ms = None;
+                            Some(tick())
+                        }
+                    }
+                }
+                None => receiver.recv().await,
+            };
+            let Some(first) = first else {
+                break; // Every sender is gone: the server is shutting down.
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_EVENTS_PER_COMMIT {
+                match receiver.try_recv() {
+                    Ok(msg) => batch.push(msg),
+                    Err(_) => break,
+                }
+            }
+            self.turn(batch).await;
+            if self.state.run.status.is_ended()
+                && self.running.is_empty()
+                && self.app.runs.retire(&self.id, &mut receiver)
+            {
+                break;
+            }
+        }
+        for (_, canceller) in self.running.values() {
+            canceller.cancel();
+        }
+    }
+
+    async fn load_history(&self) -> HashMap<String, Vec<u64>> {
+        let mut history: HashMap<String, Vec<u64>> = HashMap::new();
+        match self
+            .app
+            .store
+            .task_durations(&self.runbook, super::DURATION_HISTORY_PER_TASK)
+            .await
+        {
+            Ok(durations) => {
+                for d in durations {
+                    history.entry(d.task).or_default().push(d.duration_ms);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(run = %self.id, %error, "no task history: stuck detection is off for this run");
+            }
+        }
+        history
+    }
+
+    async fn turn(&mut self, batch: Vec<Msg>) {
+        let base = self.state.run.version;
+        let mut turn = Turn::default();
+        for msg in batch {
+            let Msg::Event {
+                event,
+                output,
+                audit,
+                reply,
+            } = msg;
+            let ctx = Context {
+                now_ms: self.app.now_ms(),
+                global_pause: self.app.runs.global_pause(),
+            };
+            let before = self.state.run.version;
+            match engine::apply(&self.plan, &self.state, &event, ctx) {
+                Ok(decision) => {
+                    self.state.commit(&decision.change);
+                    turn.add(decision.change, before);
+                    turn.actions.extend(decision.actions);
+                    turn.outputs.extend(output);
+                    if let Some(mut audit) = audit {
+                        audit.outcome = "ok".to_string();
+                        turn.audits.push(audit);
+                    }
+                    if let Some(reply) = reply {
+                        turn.replies.push((reply, Ok(())));
+                    }
+                }
+                Err(refusal) => {
+                    if !matches!(event, Event::Control { .. }) {
+                        // A late report from an attempt that was cancelled or timed out.
+                        tracing::debug!(run = %self.id, %refusal, "event refused");
+                    }
+                    if let Some(mut audit) = audit {
+                        audit.outcome = refusal.code().to_string();
+                        turn.audits.push(audit);
+                    }
+                    if let Some(reply) = reply {
+                        turn.replies
+                            .push((reply, Err(super::refusal_error(&refusal))));
+                    }
+                }
+            }
+        }
+        if !turn.is_empty() {
+            let commit = RunCommit {
+                run_id: self.id.clone(),
+                expected_version: base,
+                change: Change {
+                    run: turn.run.clone().unwrap_or_else(|| self.state.run.clone()),
+                    tasks: std::mem::take(&mut turn.tasks).into_iter().collect(),
+                    journal: std::mem::take(&mut turn.journal),
+                },
+                outputs: std::mem::take(&mut turn.outputs),
+                audits: std::mem::take(&mut turn.audits),
+            };
+            if let Err(error) = self.commit(commit).await {
+                // Another writer changed the run: this process's view is stale. Stop acting
+                // on it; whoever asks next reloads the run from the store.
+                tracing::error!(run = %self.id, %error, "run commit conflict; the run's actor stops");
+                for (reply, _) in turn.replies {
+                    let _ = reply.send(Err(ApiError::new(
+                        axum::http::StatusCode::CONFLICT,
+                        "conflict",
+                        format!("the run changed elsewhere; retry: {error}"),
+                    )));
+                }
+                for (_, canceller) in self.running.values() {
+                    canceller.cancel();
+                }
+                self.running.clear();
+                if let Some(stored) = self.app.store.load_run(&self.id).await.ok().flatten() {
+                    self.state = stored.state;
+                }
+                return;
+            }
+            self.app.runs.announce(&self.id);
+        }
+        for (reply, result) in turn.replies {
+            let _ = reply.send(result);
+        }
+        for action in std::mem::take(&mut turn.actions) {
+            self.act(action);
+        }
+        self.forget_finished();
+    }
+
+    /// Commits, retrying while the store is unavailable; fails only on a conflict.
+    async fn commit(&self, commit: RunCommit) -> Result<(), StoreError> {
+        let mut warned = false;
+        loop {
+            match self.app.store.commit_run(commit.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Unavailable(reason)) => {
+                    if !warned {
+                        tracing::error!(run = %self.id, %reason, "cannot commit a run change; retrying until the store takes writes");
+                        warned = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(COMMIT_RETRY_MS)).await;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::StartTask {
+                task,
+                attempt,
+                from_step,
+                skip_checks,
+            } => {
+                let Some(index) = self.plan.index_of(&task) else {
+                    return;
+                };
+                if let Some((_, old)) = self.running.remove(&index) {
+                    old.cancel();
+                }
+                let Some(sender) = self.sender.upgrade() else {
+                    return;
+                };
+                let (canceller, cancel) = Canceller::new();
+                self.running.insert(index, (attempt, canceller));
+                let stuck_after_ms =
+                    engine::stuck_threshold_ms(self.history.get(&task).map_or(&[][..], |h| h))
+                        .map(|ms| ms.max(super::STUCK_THRESHOLD_FLOOR_MS));
+                task::spawn(Attempt {
+                    app: self.app.clone(),
+                    run_id: self.id.clone(),
+                    spec: self.spec.clone(),
+                    index,
+                    attempt,
+                    from_step,
+                    skip_checks,
+                    cancel,
+                    events: sender,
+                    stuck_after_ms,
+                });
+            }
+            Action::CancelTask { task, attempt } => {
+                if let Some(index) = self.plan.index_of(&task)
+                    && let Some((running, _)) = self.running.get(&index)
+                    && *running == attempt
+                    && let Some((_, canceller)) = self.running.remove(&index)
+                {
+                    canceller.cancel();
+                }
+            }
+            Action::Notify {
+                kind,
+                task,
+                message,
+            } => {
+                self.app.metrics.run_notification(kind);
+                if kind == NotifyKind::Stuck {
+                    tracing::warn!(run = %self.id, task = task.as_deref().unwrap_or(""), %message, "task stuck");
+                } else {
+                    tracing::info!(run = %self.id, task = task.as_deref().unwrap_or(""), %message, "run notification");
+                }
+                self.app
+                    .runs
+                    .notifier
+                    .notify(crate::webhooks::Notification {
+                        kind,
+                        run_id: self.id.clone(),
+                        runbook: self.runbook.clone(),
+                        task,
+                        message,
+                        at_ms: self.app.now_ms(),
+                        url: Some(format!("/api/v1/runs/{}", self.id)),
+                    });
+            }
+            Action::RunFinished { status } => {
+                self.app.metrics.run_finished(status);
+            }
+            Action::WakeAt { at_ms } => {
+                self.wake_at_ms = Some(self.wake_at_ms.map_or(at_ms, |w| w.min(at_ms)));
+            }
+        }
+    }
+
+    /// Drops the cancellers of attempts that are no longer running in the committed state.
+    fn forget_finished(&mut self) {
+        let state = &self.state;
+        self.running.retain(|index, (attempt, _)| {
+            matches!(
+                state.tasks[*index].status,
+                engine::TaskStatus::Running { attempt: a, .. } if a == *attempt
+            )
+        });
+    }
+}
+
+fn tick() -> Msg {
+    Msg::Event {
+        event: Event::Tick,
+        output: None,
+        audit: None,
+        reply: None,
+    }
+}
