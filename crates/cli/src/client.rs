@@ -6,6 +6,7 @@
 //! a server that cannot be reached is named together with how to start or find one.
 
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
@@ -22,8 +23,16 @@ pub const REQUEST_TIMEOUT_MS: u64 = 60_000;
 /// Talks to one Levee server.
 pub struct Client {
     http: reqwest::Client,
+    /// For event streams, which stay open for as long as a run goes: no overall timeout.
+    streaming: OnceLock<reqwest::Client>,
     base: Url,
     token: Option<String>,
+}
+
+/// An open response body read chunk by chunk, such as a server-sent-event stream.
+pub struct ByteStream {
+    response: reqwest::Response,
+    server: String,
 }
 
 /// A response of any status, with its body read.
@@ -84,7 +93,12 @@ impl Client {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .map(str::to_string);
-        Ok(Client { http, base, token })
+        Ok(Client {
+            http,
+            streaming: OnceLock::new(),
+            base,
+            token,
+        })
     }
 
     /// The server's base URL, as shown in messages.
@@ -142,6 +156,70 @@ impl Client {
             status,
             headers,
             body,
+        })
+    }
+
+    /// `GET`s a resource that streams, such as `/api/v1/runs/{id}/events`: the body is left
+    /// open to read as it arrives. Any status but 2xx is an [`ApiFailure`], and so is a body
+    /// that is not of `content_type`.
+    pub async fn open_stream(
+        &self,
+        segments: &[&str],
+        headers: &[(HeaderName, String)],
+        content_type: &str,
+    ) -> Result<ByteStream, ClientError> {
+        let http = self.streaming.get_or_init(|| {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+                .user_agent(concat!("levee-cli/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .unwrap_or_else(|_| self.http.clone())
+        });
+        let mut request = http.get(self.url(segments));
+        if let Some(token) = &self.token {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            let value = HeaderValue::from_str(value).map_err(|error| ClientError::Protocol {
+                server: self.server(),
+                detail: format!("the header {name} cannot carry {value:?}: {error}"),
+            })?;
+            request = request.header(name, value);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.transport_error(&error))?;
+        let status = response.status();
+        if !status.is_success() {
+            let headers = response.headers().clone();
+            let body = response
+                .text()
+                .await
+                .map_err(|error| self.transport_error(&error))?;
+            return Err(ClientError::Api(self.failure(&Reply {
+                status,
+                headers,
+                body,
+            })));
+        }
+        let given = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !given.starts_with(content_type) {
+            return Err(ClientError::Protocol {
+                server: self.server(),
+                detail: format!(
+                    "{} answered `{given}` where `{content_type}` was expected",
+                    self.url(segments)
+                ),
+            });
+        }
+        Ok(ByteStream {
+            response,
+            server: self.server(),
         })
     }
 
@@ -232,25 +310,40 @@ impl Client {
     }
 
     fn transport_error(&self, error: &reqwest::Error) -> ClientError {
-        let mut detail = error.to_string();
-        let mut source = std::error::Error::source(error);
-        while let Some(cause) = source {
-            detail = cause.to_string();
-            source = cause.source();
+        transport_error(&self.server(), error)
+    }
+}
+
+impl ByteStream {
+    /// The next bytes of the body, or `None` once the server ended it.
+    pub async fn chunk(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.response.chunk().await {
+            Ok(chunk) => Ok(chunk.map(|bytes| bytes.to_vec())),
+            Err(error) => Err(transport_error(&self.server, &error)),
         }
-        if error.is_timeout() {
-            detail = "it did not answer in time".to_string();
+    }
+}
+
+/// Names what went wrong talking to `server`, from the innermost cause.
+fn transport_error(server: &str, error: &reqwest::Error) -> ClientError {
+    let mut detail = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        detail = cause.to_string();
+        source = cause.source();
+    }
+    if error.is_timeout() {
+        detail = "it did not answer in time".to_string();
+    }
+    if error.is_connect() || error.is_timeout() || error.is_request() {
+        ClientError::Unreachable {
+            server: server.to_string(),
+            detail,
         }
-        if error.is_connect() || error.is_timeout() || error.is_request() {
-            ClientError::Unreachable {
-                server: self.server(),
-                detail,
-            }
-        } else {
-            ClientError::Protocol {
-                server: self.server(),
-                detail,
-            }
+    } else {
+        ClientError::Protocol {
+            server: server.to_string(),
+            detail,
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The `levee` command line: `serve`, the offline `validate`, `schema` and `token create
-//! --database`, and the client commands that talk to a running server.
+//! --database`, and the client commands that talk to a running server (those about runbook
+//! runs live in `runs.rs`).
 //!
 //! Exit codes are part of the interface, because configuration management tools branch on
-//! them: 0 is success (or "yes"), 1 is "no" (or invalid definitions), and 2 is an error of any
-//! other kind, including bad usage (clap's own code). Errors go to stderr as `error: ` followed
+//! them: 0 is success (or "yes"), 1 is "no" (or invalid definitions or parameters, a run that
+//! ended failed or aborted, a control the run's state refuses), and 2 is an error of any other
+//! kind, including bad usage (clap's own code). Errors go to stderr as `error: ` followed
 //! by a sentence that says what to do; results go to stdout.
 
 use std::fmt::Display;
@@ -23,6 +25,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::client::{ApiFailure, Client, ClientError, Reply};
+use crate::runs::{self, PauseArgs, RunArgs, RunsCommand, UnpauseArgs};
 use crate::serve;
 
 /// The server client commands talk to unless `--server` or `LEVEE_SERVER` says otherwise.
@@ -59,6 +62,17 @@ pub enum Command {
     /// Shows what a run of a stored runbook would do, without doing it: the order in waves,
     /// predicted durations, the critical path and the speedup; exits 1 on parameter errors.
     Plan(PlanArgs),
+    /// Starts a run of a stored runbook; with --wait, follows it and exits 0 only if it
+    /// succeeded (1 if it failed or was aborted, or on parameter errors).
+    Run(RunArgs),
+    /// Lists, shows, follows and steers runbook runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Pauses every run (no run starts a new task until `levee unpause`); `--status` shows
+    /// whether runs are paused, by whom and why.
+    Pause(PauseArgs),
+    /// Lifts the pause of every run set by `levee pause`.
+    Unpause(UnpauseArgs),
     /// Asks about, reports to, lists and creates machines.
     #[command(subcommand)]
     State(StateCommand),
@@ -88,7 +102,7 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn client(&self) -> Result<Client, CliError> {
+    pub(crate) fn client(&self) -> Result<Client, CliError> {
         Ok(Client::new(&self.server, self.token.as_deref())?)
     }
 }
@@ -138,7 +152,7 @@ pub struct PlanArgs {
 }
 
 /// `key=value` → (`key`, `value`); the value may itself contain `=`.
-fn parse_param(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_param(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
         _ => Err(format!(
@@ -379,7 +393,7 @@ pub struct AuditArgs {
 
 /// A failure to report as `error: MESSAGE` with exit code 2.
 #[derive(Debug)]
-pub struct CliError(String);
+pub struct CliError(pub(crate) String);
 
 impl From<ClientError> for CliError {
     fn from(error: ClientError) -> Self {
@@ -405,7 +419,7 @@ impl From<String> for CliError {
     }
 }
 
-type Outcome = Result<u8, CliError>;
+pub(crate) type Outcome = Result<u8, CliError>;
 
 /// Runs one parsed command line and returns the process's exit code.
 pub async fn run(cli: Cli) -> ExitCode {
@@ -417,6 +431,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Validate(args) => Ok(validate(&args)),
         Command::Apply(args) => apply(&args).await,
         Command::Plan(args) => plan(&args).await,
+        Command::Run(args) => runs::run(&args).await,
+        Command::Runs(command) => runs::runs(command).await,
+        Command::Pause(args) => runs::pause(&args).await,
+        Command::Unpause(args) => runs::unpause(&args).await,
         Command::State(command) => match command {
             StateCommand::Check(args) => Ok(state_check(&args).await),
             StateCommand::Advance(args) => Ok(state_advance(&args).await),
@@ -444,28 +462,28 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 /// Writes one line to stdout. A closed pipe (`levee state list | head`) is not an error.
-fn print_line(line: impl Display) {
+pub(crate) fn print_line(line: impl Display) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 /// Writes text to stdout as it is.
-fn print_raw(text: &str) {
+pub(crate) fn print_raw(text: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(text.as_bytes());
     let _ = stdout.flush();
 }
 
 /// Writes one line to stderr.
-fn eprint_line(line: impl Display) {
+pub(crate) fn eprint_line(line: impl Display) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
-fn print_json(value: &Value) {
+pub(crate) fn print_json(value: &Value) {
     print_line(serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
 }
 
 /// `1 state`, `6 states`.
-fn plural(count: usize, noun: &str) -> String {
+pub(crate) fn plural(count: usize, noun: &str) -> String {
     if count == 1 {
         format!("1 {noun}")
     } else {
@@ -489,7 +507,7 @@ fn summarize_ids(ids: &[String]) -> String {
 }
 
 /// Plain aligned columns separated by two spaces; the last column is not padded.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -515,11 +533,11 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// A cell for an optional value: the value, or `-`.
-fn cell(value: Option<&str>) -> String {
+pub(crate) fn cell(value: Option<&str>) -> String {
     value.filter(|v| !v.is_empty()).unwrap_or("-").to_string()
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
@@ -716,23 +734,7 @@ async fn plan(args: &PlanArgs) -> Outcome {
         )
         .await?;
     if !reply.status.is_success() {
-        let failure = client.failure(&reply);
-        if failure.code == "invalid_params" {
-            let errors: Vec<levee_model::ParamError> = failure
-                .error
-                .get("params")
-                .cloned()
-                .and_then(|p| serde_json::from_value(p).ok())
-                .unwrap_or_default();
-            if errors.is_empty() {
-                eprint_line(format_args!("error: {}", failure.message));
-            }
-            for error in &errors {
-                eprint_line(error);
-            }
-            return Ok(EXIT_NO);
-        }
-        return Err(failure.into());
+        return param_failure(client.failure(&reply));
     }
     let value = parse_reply(&client, &reply)?;
     if args.output.output == Output::Json {
@@ -743,6 +745,28 @@ async fn plan(args: &PlanArgs) -> Outcome {
         serde_json::from_value(value).map_err(|error| unexpected(&client, "a plan", error))?;
     print_raw(&plan_table(&plan));
     Ok(EXIT_OK)
+}
+
+/// An error answer to a request with runbook parameters (`plan`, `run`): parameter errors are
+/// printed, every one of them, and exit 1 (the command line needs fixing, as with invalid
+/// definitions); anything else is an error (exit 2).
+pub(crate) fn param_failure(failure: ApiFailure) -> Outcome {
+    if failure.code != "invalid_params" {
+        return Err(failure.into());
+    }
+    let errors: Vec<levee_model::ParamError> = failure
+        .error
+        .get("params")
+        .cloned()
+        .and_then(|p| serde_json::from_value(p).ok())
+        .unwrap_or_default();
+    if errors.is_empty() {
+        eprint_line(format_args!("error: {}", failure.message));
+    }
+    for error in &errors {
+        eprint_line(error);
+    }
+    Ok(EXIT_NO)
 }
 
 /// The table form of a plan, as `levee plan` prints it.
@@ -814,7 +838,7 @@ fn plan_table(plan: &PlanView) -> String {
 }
 
 /// `850ms`, `10s`, `1.5s`, `2m`, `1h 5m 30s`.
-fn human_ms(ms: u64) -> String {
+pub(crate) fn human_ms(ms: u64) -> String {
     if ms < 1_000 {
         return format!("{ms}ms");
     }
@@ -838,11 +862,11 @@ fn human_ms(ms: u64) -> String {
     parts.join(" ")
 }
 
-fn parse_reply(client: &Client, reply: &Reply) -> Result<Value, CliError> {
+pub(crate) fn parse_reply(client: &Client, reply: &Reply) -> Result<Value, CliError> {
     serde_json::from_str(&reply.body).map_err(|error| unexpected(client, "JSON", error))
 }
 
-fn unexpected(client: &Client, what: &str, error: impl Display) -> CliError {
+pub(crate) fn unexpected(client: &Client, what: &str, error: impl Display) -> CliError {
     CliError(format!(
         "the server at {} answered with {what} this client does not understand ({error}); \
          is it a Levee server of the same version?",

@@ -2,7 +2,10 @@
 
 mod client;
 mod commands;
+mod runs;
 mod serve;
+mod sse;
+mod terminal;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

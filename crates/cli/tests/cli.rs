@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use levee_engine::runbook::{
+    CheckPhase, ENGINE_ACTOR, JournalEntry, JournalKind, RunStatus, StallCause,
+};
+use levee_store::JournalRecord;
 use serde_json::Value;
 
 /// How long a server may take to answer `/healthz` after it is started.
@@ -724,6 +728,675 @@ fn plan_shows_waves_the_critical_path_and_the_speedup() {
     assert_eq!(run.code, 2, "{run:?}");
     assert!(
         run.stderr.contains("no runbook named `nonesuch`"),
+        "{run:?}"
+    );
+}
+
+/// A quick runbook: a log line, then a 10 ms wait and a process in parallel.
+const QUICK_RUNBOOK_YAML: &str = "\
+kind: Runbook
+name: quick
+params:
+  pause: { type: duration, default: 10ms }
+tasks:
+  - id: hello
+    stage: log
+    with: { message: hello }
+  - id: settle
+    stage: wait
+    needs: [hello]
+    with: { duration: \"{{ params.pause }}\" }
+  - id: probe
+    stage: shell
+    needs: [hello]
+    with: { command: [echo, probed] }
+";
+
+/// A runbook whose first task always fails, so the second never runs.
+const FRAGILE_RUNBOOK_YAML: &str = "\
+kind: Runbook
+name: fragile
+tasks:
+  - id: break
+    stage: shell
+    with: { command: [\"false\"] }
+  - id: after
+    stage: log
+    needs: [break]
+    with: { message: never }
+";
+
+/// A server with `quick` and `fragile` applied.
+fn server_with_runbooks(dir: &Path) -> Server {
+    let server = Server::start(dir);
+    write_file(dir, "quick.yaml", QUICK_RUNBOOK_YAML);
+    write_file(dir, "fragile.yaml", FRAGILE_RUNBOOK_YAML);
+    let run = server.levee(&["apply", "quick.yaml", "fragile.yaml"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    server
+}
+
+/// The `id` of the run a JSON answer describes.
+fn run_id(run: &Run) -> String {
+    run.json()["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no run id: {run:?}"))
+        .to_string()
+}
+
+#[test]
+fn run_wait_succeeds_and_the_run_is_listed_shown_journaled_and_reported() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = server_with_runbooks(dir.path());
+
+    let run = server.levee(&["run", "quick", "--wait"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.starts_with("started run "), "{run:?}");
+    // Not a terminal: one plain line per journal entry, then the summary.
+    assert!(run.stdout.contains("  run_started  "), "{run:?}");
+    assert!(run.stdout.contains("  probe  task_succeeded  "), "{run:?}");
+    let last = run.stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(" succeeded in ") && last.contains("3/3 done"),
+        "{run:?}"
+    );
+    assert!(!run.stdout.contains('\u{1b}'), "no ANSI in a pipe: {run:?}");
+
+    let run = server.levee(&["run", "quick", "--wait", "--output", "json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["status"], "succeeded", "{run:?}");
+    let id = run_id(&run);
+
+    // Idempotent by name: the second start answers the first run.
+    let first = server.levee(&["run", "quick", "--name", "nightly", "--output", "json"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    let named = run_id(&first);
+    let again = server.levee(&["run", "quick", "--name", "nightly", "--output", "json"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(run_id(&again), named);
+    let again = server.levee(&["run", "quick", "--name", "nightly"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(
+        again
+            .stdout
+            .contains(&format!("already started as {named}")),
+        "{again:?}"
+    );
+
+    let run = server.levee(&["runs", "list"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let header: Vec<&str> = run
+        .stdout
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "ID", "RUNBOOK", "STATUS", "PROGRESS", "STARTED", "DURATION", "BY"
+        ]
+    );
+    for expected in [&id, &named] {
+        assert!(
+            run.stdout.contains(expected.as_str()),
+            "{expected}: {run:?}"
+        );
+    }
+    let run = server.levee(&[
+        "runs",
+        "list",
+        "--status",
+        "succeeded",
+        "--runbook",
+        "quick",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.json()
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|r| r["id"] == id.as_str() && r["tasks_done"] == 3),
+        "{run:?}"
+    );
+    let run = server.levee(&["runs", "list", "--status", "sleeping"]);
+    assert_eq!(run.code, 2, "{run:?}");
+
+    let run = server.levee(&["runs", "journal", &id]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.starts_with("SEQ"), "{run:?}");
+    for kind in [
+        "run_started",
+        "task_dispatched",
+        "task_succeeded",
+        "run_finished",
+    ] {
+        assert!(run.stdout.contains(kind), "{kind}: {run:?}");
+    }
+    let run = server.levee(&["runs", "journal", &id, "--output", "json"]);
+    let kinds: Vec<String> = run
+        .json()
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| e["kind"].as_str().expect("kind").to_string())
+        .collect();
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("run_started"),
+        "{run:?}"
+    );
+    assert_eq!(
+        kinds.last().map(String::as_str),
+        Some("run_finished"),
+        "{run:?}"
+    );
+
+    let run = server.levee(&["runs", "show", &id]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.split_whitespace().eq(["status", "succeeded"])),
+        "{run:?}"
+    );
+    assert!(!run.stdout.contains("Needs attention"), "{run:?}");
+    let run = server.levee(&["runs", "show", &id, "--output", "json"]);
+    assert_eq!(run.json()["counts"]["succeeded"], 3, "{run:?}");
+
+    let run = server.levee(&["runs", "report", &id]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("Critical path: hello ("), "{run:?}");
+    for line in ["Makespan: ", "Sequential-equivalent: ", "Speedup: "] {
+        assert!(run.stdout.contains(line), "{line}: {run:?}");
+    }
+
+    let run = server.levee(&["runs", "output", &id, "probe"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.starts_with("== attempt 1: succeeded at "),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("\nprobed\n"), "{run:?}");
+
+    // Watching a run that has ended prints its journal and its end, and exits as it ended.
+    let run = server.levee(&["runs", "watch", &id]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains("  run_finished  engine  succeeded"),
+        "{run:?}"
+    );
+
+    let run = server.levee(&["runs", "show", "nope"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("404"), "{run:?}");
+}
+
+#[test]
+fn run_wait_exits_1_and_names_the_failed_task_and_controls_answer_refusals() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = server_with_runbooks(dir.path());
+
+    let run = server.levee(&["run", "fragile", "--wait"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains(" failed after "), "{run:?}");
+    assert!(run.stdout.contains("outcome: "), "{run:?}");
+    assert!(run.stdout.contains("  break failed: "), "{run:?}");
+    let id = run
+        .stdout
+        .split_whitespace()
+        .nth(2)
+        .expect("the run id after `started run`")
+        .to_string();
+    assert!(
+        run.stdout
+            .contains(&format!("levee runs retry {id} break --reason")),
+        "{run:?}"
+    );
+
+    let run = server.levee(&["runs", "show", &id]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("Needs attention"), "{run:?}");
+    let run = server.levee(&["runs", "watch", &id]);
+    assert_eq!(run.code, 1, "a failed run watched exits 1: {run:?}");
+
+    // Every control needs a reason, and a blank one is no reason.
+    let run = server.levee(&["runs", "retry", &id, "break"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("--reason"), "{run:?}");
+    let run = server.levee(&["runs", "retry", &id, "break", "--reason", "  "]);
+    assert_eq!(run.code, 2, "{run:?}");
+
+    // A control the run's state does not allow is refused with the server's reason.
+    let run = server.levee(&["runs", "resume", &id, "--reason", "go on"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.starts_with("refused: "), "{run:?}");
+    assert!(run.stderr.contains("(not_paused)"), "{run:?}");
+    let run = server.levee(&["runs", "skip", &id, "nonesuch", "--reason", "x"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("404"), "{run:?}");
+
+    let run = server.levee(&["runs", "retry", &id, "break", "--reason", "try once more"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.starts_with("task `break` is now "), "{run:?}");
+    let run = server.levee(&["runs", "skip", &id, "break", "--reason", "done by hand"]);
+    // The retry may already have failed again (then the skip reopens the run) or be running
+    // (then it is cancelled): either way the task is skipped and the run can end.
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.starts_with("task `break` is now skipped"),
+        "{run:?}"
+    );
+    let run = server.levee(&["runs", "watch", &id]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = server.levee(&["runs", "journal", &id]);
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.contains("task_skipped") && l.contains("done by hand")),
+        "{run:?}"
+    );
+    let run = server.levee(&["runs", "abort", &id, "--reason", "too late"]);
+    assert_eq!(run.code, 1, "an ended run takes no controls: {run:?}");
+}
+
+#[test]
+fn run_parameters_no_start_and_the_global_pause() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = server_with_runbooks(dir.path());
+
+    let run = server.levee(&["run", "quick", "-p", "pause=soon", "-p", "zone=a"]);
+    assert_eq!(
+        run.code, 1,
+        "parameter errors exit 1, as with `levee plan`: {run:?}"
+    );
+    for code in ["invalid-param-value", "unknown-param"] {
+        assert!(run.stderr.contains(code), "{code}: {run:?}");
+    }
+    let run = server.levee(&["run", "nonesuch"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    let run = server.levee(&["run", "quick", "--no-start", "--wait"]);
+    assert_eq!(run.code, 2, "{run:?}");
+
+    let run = server.levee(&["run", "quick", "--no-start"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("not started"), "{run:?}");
+    let id = run
+        .stdout
+        .split_whitespace()
+        .nth(2)
+        .expect("the run id after `created run`")
+        .to_string();
+    let run = server.levee(&["runs", "show", &id]);
+    assert!(
+        run.stdout
+            .contains(&format!("levee runs start {id} --reason")),
+        "{run:?}"
+    );
+    let run = server.levee(&["runs", "start", &id, "--reason", "window open"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = server.levee(&["runs", "watch", &id]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = server.levee(&["runs", "start", &id, "--reason", "again"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("already_started"), "{run:?}");
+
+    let run = server.levee(&["pause", "--status"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, "runs are not paused\n");
+    let run = server.levee(&["pause"]);
+    assert_eq!(run.code, 2, "a pause needs a reason: {run:?}");
+    let run = server.levee(&["pause", "--reason", "incident 4711"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.starts_with("every run is paused since "),
+        "{run:?}"
+    );
+    let run = server.levee(&["pause", "--status", "--output", "json"]);
+    assert_eq!(run.json()["reason"], "incident 4711", "{run:?}");
+    let run = server.levee(&["unpause", "--reason", "resolved"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.starts_with("runs are not paused (lifted at "),
+        "{run:?}"
+    );
+}
+
+/// A run as `GET /api/v1/runs/{id}` answers it, for the fake server below.
+fn fake_run_view(status: &str) -> String {
+    let finished = if status == "running" {
+        "null"
+    } else {
+        "1714564801000"
+    };
+    let task_status = if status == "running" {
+        "running"
+    } else {
+        "succeeded"
+    };
+    format!(
+        "{{\"id\":\"r1\",\"name\":null,\"runbook\":\"quick\",\"runbook_version\":1,\"params\":{{}},\
+         \"created_by\":\"alice\",\"status\":\"{status}\",\"version\":5,\"max_parallel\":32,\
+         \"created_at_ms\":1714564800000,\"started_at_ms\":1714564800000,\"started_by\":\"alice\",\
+         \"finished_at_ms\":{finished},\"outcome\":null,\"counts\":{{\"total\":1,\"waiting\":0,\
+         \"ready\":0,\"running\":0,\"retrying\":0,\"succeeded\":1,\"skipped\":0,\"failed\":0,\
+         \"stalled\":0,\"cancelled\":0}},\"tasks\":[{{\"id\":\"probe\",\"stage\":\"shell\",\
+         \"status\":\"{task_status}\",\"attempts\":1,\"step\":0,\"needs\":[],\"after\":[],\
+         \"started_at_ms\":1714564800000,\"finished_at_ms\":{finished},\"reason\":null,\
+         \"stall\":null,\"retry_at_ms\":null,\"in_flight\":null,\"overridden_deps\":[],\
+         \"with_args\":{{}}}}]}}"
+    )
+}
+
+/// One journal event of the fake stream, serialized as the server does (so the test follows
+/// the engine's own field names).
+fn fake_event(seq: i64, task: Option<&str>, kind: JournalKind) -> String {
+    let record = JournalRecord {
+        seq,
+        entry: JournalEntry {
+            version: seq,
+            at_ms: 1_714_564_800_000 + seq,
+            task: task.map(str::to_string),
+            actor: ENGINE_ACTOR.to_string(),
+            reason: None,
+            kind,
+        },
+    };
+    let data = serde_json::to_string(&record).expect("a journal record serializes");
+    format!("event: journal\nid: {seq}\ndata: {data}\n\n")
+}
+
+/// Serves one HTTP request of the fake server: the run, its (empty) journal, and its event
+/// stream, which the first time drops in the middle of an event.
+fn fake_server_answer(
+    mut stream: TcpStream,
+    connections: &std::sync::atomic::AtomicUsize,
+    resumed_from: &std::sync::Mutex<Vec<Option<String>>>,
+    finished: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering;
+    let mut request = Vec::new();
+    let mut byte = [0_u8; 1];
+    while !request.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => request.push(byte[0]),
+            _ => return,
+        }
+    }
+    let request = String::from_utf8_lossy(&request).to_string();
+    let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+    let header = |name: &str| {
+        request.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_string())
+        })
+    };
+    let json = |stream: &mut TcpStream, body: &str| {
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        );
+    };
+    if path.starts_with("/api/v1/runs/r1/events") {
+        let _ = stream.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+        );
+        let probe = Some("probe");
+        let dispatched = JournalKind::TaskDispatched {
+            attempt: 1,
+            from_step: 0,
+        };
+        if connections.fetch_add(1, Ordering::SeqCst) == 0 {
+            let _ = stream.write_all(b": keep-alive\n\nretry: 50\n\n");
+            let _ = stream.write_all(fake_event(1, None, JournalKind::RunStarted).as_bytes());
+            let _ = stream.write_all(fake_event(2, probe, dispatched).as_bytes());
+            // Half an event, then the connection drops.
+            let _ = stream.write_all(b"event: journal\nid: 3\ndata: {\"seq\":3,");
+            return;
+        }
+        resumed_from
+            .lock()
+            .expect("lock")
+            .push(header("last-event-id"));
+        // The server sends entry 2 again; the client must not show it twice.
+        for event in [
+            fake_event(2, probe, dispatched),
+            // A stall, whose `reason` shares the object with the entry's own.
+            fake_event(
+                3,
+                probe,
+                JournalKind::TaskStalled {
+                    cause: StallCause::Check(CheckPhase::Post),
+                    reason: "the post-check failed".to_string(),
+                },
+            ),
+            fake_event(
+                4,
+                probe,
+                JournalKind::ConditionOverridden {
+                    phase: CheckPhase::Post,
+                },
+            ),
+        ] {
+            let _ = stream.write_all(event.as_bytes());
+            let _ = stream.flush();
+        }
+        finished.store(true, Ordering::SeqCst);
+        let finish = JournalKind::RunFinished {
+            status: RunStatus::Succeeded,
+        };
+        let _ = stream.write_all(fake_event(5, None, finish).as_bytes());
+        let _ = stream.flush();
+        // A real stream stays open: the client must end on `run_finished` by itself.
+        std::thread::sleep(Duration::from_millis(SERVER_START_TIMEOUT_MS));
+    } else if path.starts_with("/api/v1/runs/r1/journal") {
+        json(&mut stream, "{\"entries\":[]}");
+    } else if path == "/api/v1/runs/r1" {
+        let status = if finished.load(Ordering::SeqCst) {
+            "succeeded"
+        } else {
+            "running"
+        };
+        json(&mut stream, &fake_run_view(status));
+    } else {
+        let _ = stream
+            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    }
+}
+
+/// `runs watch` against a fake server whose event stream drops mid-event: the client
+/// reconnects with `Last-Event-ID`, shows every entry once, and ends on `run_finished`
+/// although the stream stays open.
+#[test]
+fn watch_reconnects_after_a_dropped_stream_and_shows_each_entry_once() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let resumed_from = Arc::new(Mutex::new(Vec::new()));
+    let finished = Arc::new(AtomicBool::new(false));
+    {
+        let (connections, resumed_from, finished) =
+            (connections.clone(), resumed_from.clone(), finished.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (connections, resumed_from, finished) =
+                    (connections.clone(), resumed_from.clone(), finished.clone());
+                std::thread::spawn(move || {
+                    fake_server_answer(stream, &connections, &resumed_from, &finished);
+                });
+            }
+        });
+    }
+    let started = Instant::now();
+    let run = levee_in(
+        dir.path(),
+        &[("LEVEE_SERVER", &url)],
+        &["runs", "watch", "r1"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(SERVER_START_TIMEOUT_MS),
+        "watch did not end on run_finished: {run:?}"
+    );
+    assert_eq!(
+        resumed_from.lock().expect("lock").as_slice(),
+        [Some("2".to_string())],
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("stream dropped"), "{run:?}");
+    let kinds: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter_map(|line| line.split("  ").nth(2))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "run_started",
+            "task_dispatched",
+            "task_stalled",
+            "condition_overridden",
+            "run_finished"
+        ],
+        "{run:?}"
+    );
+    assert!(
+        run.stdout
+            .contains("post check failed: the post-check failed"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.ends_with("run r1 succeeded in 1s: 1/1 done\n"),
+        "{run:?}"
+    );
+}
+
+/// Longest a `levee` command that follows a run may take in a test before it is killed.
+const FOLLOW_TIMEOUT_MS: u64 = 30_000;
+/// Longest a test waits for a run to reach a state.
+const RUN_STATE_TIMEOUT_MS: u64 = 20_000;
+/// Pause between two looks at a run while waiting for a state.
+const RUN_POLL_INTERVAL_MS: u64 = 50;
+
+/// Runs `levee ARGS` against `server`, killing it (and failing the test) if it takes longer
+/// than [`FOLLOW_TIMEOUT_MS`]: for commands that follow a run until it ends.
+fn levee_within(server: &Server, args: &[&str]) -> Run {
+    let mut child = levee_command(&server.dir)
+        .env("LEVEE_SERVER", &server.url)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the levee binary");
+    let deadline = Instant::now() + Duration::from_millis(FOLLOW_TIMEOUT_MS);
+    while child.try_wait().expect("poll levee").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(RUN_POLL_INTERVAL_MS));
+    }
+    let output = child.wait_with_output().expect("levee's output");
+    let run = Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    assert!(
+        Instant::now() <= deadline,
+        "levee {args:?} did not end in {FOLLOW_TIMEOUT_MS} ms: {run:?}"
+    );
+    run
+}
+
+#[test]
+fn a_stalled_task_shows_its_remedies_and_an_override_lets_the_run_finish() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path());
+    let flag = dir.path().join("healthy");
+    let yaml = format!(
+        "\
+kind: Runbook
+name: gated
+tasks:
+  - id: shift
+    stage: log
+    with: {{ message: shifting }}
+    health:
+      - shell: {{ command: [test, -e, \"{}\"] }}
+  - id: after
+    stage: log
+    needs: [shift]
+    with: {{ message: after }}
+",
+        flag.display()
+    );
+    write_file(dir.path(), "gated.yaml", &yaml);
+    let run = server.levee(&["apply", "gated.yaml"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = server.levee(&["run", "gated", "--output", "json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run_id(&run);
+    let deadline = Instant::now() + Duration::from_millis(RUN_STATE_TIMEOUT_MS);
+    loop {
+        let run = server.levee(&["runs", "show", &id, "--output", "json"]);
+        if run.json()["counts"]["stalled"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "shift never stalled: {run:?}");
+        std::thread::sleep(Duration::from_millis(RUN_POLL_INTERVAL_MS));
+    }
+
+    let run = server.levee(&["runs", "show", &id]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains("  shift stalled on its health check: "),
+        "{run:?}"
+    );
+    for control in ["retry", "override", "skip"] {
+        assert!(
+            run.stdout
+                .contains(&format!("levee runs {control} {id} shift --reason")),
+            "{control}: {run:?}"
+        );
+    }
+    // The journal of a stalled run must stay readable (the stall's `reason` and the entry's
+    // share a JSON object).
+    let run = server.levee(&["runs", "journal", &id]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.contains("task_stalled") && l.contains("health check failed")),
+        "{run:?}"
+    );
+
+    let run = server.levee(&[
+        "runs",
+        "override",
+        &id,
+        "shift",
+        "--reason",
+        "metric is noisy",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.starts_with("task `shift` is now "), "{run:?}");
+    let run = levee_within(&server, &["runs", "watch", &id]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.contains("condition_overridden") && l.contains("metric is noisy")),
         "{run:?}"
     );
 }
