@@ -11,6 +11,8 @@
 //! - [`levee`] starts Levee's server and sets up machines through its JSON API.
 //! - [`suite`] measures both servers case by case; [`report`] prints the tables.
 //! - [`stateservice`] holds StateService's figures and Levee's goals.
+//! - [`runs`] is the runbook engine-overhead benchmark: runbooks of no-op tasks run end to end on
+//!   SQLite in this process, next to a raw SQLite commit loop and the pure scheduler alone.
 
 pub mod bare;
 pub mod client;
@@ -18,6 +20,7 @@ pub mod levee;
 pub mod load;
 pub mod procfs;
 pub mod report;
+pub mod runs;
 pub mod stateservice;
 pub mod suite;
 pub mod target;

@@ -12,7 +12,7 @@ use hyper::Method;
 use levee_bench::load::{self, ConnectionMode, LoadConfig};
 use levee_bench::suite::{self, SuiteConfig};
 use levee_bench::target::UrlTemplate;
-use levee_bench::{bare, report};
+use levee_bench::{bare, report, runs};
 
 /// The longest duration any option accepts, in seconds, so that a typo cannot start a run that
 /// never ends.
@@ -38,6 +38,9 @@ enum Command {
     Bare(BareArgs),
     /// Measures Levee against the bare server and StateService's figures, and prints the ratios.
     Suite(SuiteArgs),
+    /// Runs runbooks of no-op tasks (wide, deep, random DAG) end to end on SQLite in this
+    /// process, next to a raw SQLite commit loop and the scheduler alone; prints tasks/s.
+    Runs(RunsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -118,6 +121,29 @@ struct SuiteArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(Debug, clap::Args)]
+struct RunsArgs {
+    /// Tasks per runbook (at most 10,000, the most one runbook may hold).
+    #[arg(long, default_value_t = runs::TASKS_DEFAULT)]
+    tasks: usize,
+    /// The cases to run, comma-separated [default: all: wide, wide-1000, deep, random-dag].
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
+    /// Single-row transactions in each raw SQLite commit loop (one before the cases, one after).
+    #[arg(long, default_value_t = runs::BASELINE_COMMITS_DEFAULT)]
+    baseline_commits: u64,
+    /// Measure the scheduler alone and the raw commit loop only.
+    #[arg(long)]
+    engine_only: bool,
+    /// Print the figures as JSON on stdout (the tables go to stderr), or with a file name, also
+    /// write them to that file.
+    #[arg(long, num_args = 0..=1, default_missing_value = JSON_TO_STDOUT)]
+    json: Option<PathBuf>,
+}
+
+/// The `--json` value that means standard output.
+const JSON_TO_STDOUT: &str = "-";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -157,6 +183,7 @@ async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::Suite(args) => run_suite(args).await,
+        Command::Runs(args) => run_runs(args).await,
     }
 }
 
@@ -227,6 +254,53 @@ async fn run_suite(args: SuiteArgs) -> Result<()> {
     if !report.problems.is_empty() {
         bail!(
             "the suite met {} problem(s), listed above",
+            report.problems.len()
+        );
+    }
+    Ok(())
+}
+
+async fn run_runs(args: RunsArgs) -> Result<()> {
+    let all = runs::default_cases();
+    let cases = if args.cases.is_empty() {
+        all
+    } else {
+        args.cases
+            .iter()
+            .map(|name| {
+                all.iter()
+                    .find(|case| case.name == *name)
+                    .cloned()
+                    .with_context(|| {
+                        let names: Vec<&str> = all.iter().map(|c| c.name.as_str()).collect();
+                        format!("no case `{name}`; the cases are {}", names.join(", "))
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    let config = runs::RunsConfig {
+        tasks: args.tasks,
+        cases,
+        baseline_commits: args.baseline_commits,
+        skip_end_to_end: args.engine_only,
+        ..runs::RunsConfig::default()
+    };
+    let report = runs::run(&config).await?;
+    let tables = report::runs_tables(&report);
+    match &args.json {
+        Some(path) if path.as_os_str() == JSON_TO_STDOUT => {
+            eprint!("{tables}");
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Some(path) => {
+            print!("{tables}");
+            write_json(path, &report)?;
+        }
+        None => print!("{tables}"),
+    }
+    if !report.problems.is_empty() {
+        bail!(
+            "the benchmark met {} problem(s), listed above",
             report.problems.len()
         );
     }

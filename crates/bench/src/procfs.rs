@@ -28,6 +28,20 @@ pub fn own_cpu_time_us() -> Result<u64> {
     read_cpu_time_us("/proc/self/stat")
 }
 
+/// Bytes this process has passed to `write`-like system calls (`wchar` in `/proc/self/io`), and
+/// how many such calls it made (`syscw`), all threads together.
+pub fn own_write_syscalls() -> Result<(u64, u64)> {
+    let path = "/proc/self/io";
+    let io = fs::read_to_string(path).with_context(|| format!("could not read {path}"))?;
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .with_context(|| format!("{path} has no readable {name} line"))
+    };
+    Ok((field("wchar")?, field("syscw")?))
+}
+
 fn read_cpu_time_us(path: &str) -> Result<u64> {
     let stat = fs::read_to_string(path).with_context(|| format!("could not read {path}"))?;
     let ticks = parse_cpu_ticks(&stat).with_context(|| format!("{path} has no CPU times"))?;
@@ -73,5 +87,6 @@ mod tests {
     fn reads_this_process() {
         assert!(resident_memory_kib(std::process::id()).unwrap() > 0);
         own_cpu_time_us().unwrap();
+        own_write_syscalls().unwrap();
     }
 }

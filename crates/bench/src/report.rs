@@ -1,8 +1,9 @@
-//! Human-readable tables of what the load generator and the suite measured.
+//! Human-readable tables of what the load generator, the suite and the runbook benchmark measured.
 
 use std::fmt::Write;
 
 use crate::load::LoadResult;
+use crate::runs::{self, RunsReport};
 use crate::stateservice::{self, CONCURRENCIES};
 use crate::suite::SuiteReport;
 
@@ -298,6 +299,232 @@ fn write_memory(out: &mut String, report: &SuiteReport) {
         );
     }
     let _ = writeln!(out);
+}
+
+/// The runbook benchmark's tables: throughput against the raw commit loop and the goal, then
+/// where the time went.
+pub fn runs_tables(report: &RunsReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Runbook engine overhead: {} no-op `log` tasks per run, end to end on SQLite (WAL, \
+         synchronous=FULL), timed from App::start_run to the run's end",
+        thousands(report.tasks_per_case as f64)
+    );
+    for baseline in &report.baselines {
+        let _ = writeln!(
+            out,
+            "Raw SQLite commit loop ({}): {} single-row INSERT transactions in {:.3} s = {} \
+             commits/s ({:.0} µs per commit)",
+            baseline.when,
+            thousands(baseline.commits as f64),
+            baseline.duration_s,
+            thousands(baseline.commits_per_s),
+            baseline.commit_us_mean
+        );
+    }
+    let _ = writeln!(out);
+    const WIDTHS: [usize; 10] = [12, 8, 6, 8, 10, 13, 11, 10, 10, 10];
+    let row = |cells: [&str; 10]| table_row(&WIDTHS, &cells);
+    out.push_str(&row([
+        "",
+        "max",
+        "",
+        "run",
+        "end to end",
+        &format!("goal >= {}", thousands(report.goal_tasks_per_s_min)),
+        "tasks per",
+        "start call",
+        "engine",
+        "every task",
+    ]));
+    out.push_str(&row([
+        "case",
+        "parallel",
+        "edges",
+        "s",
+        "tasks/s",
+        "tasks/s",
+        "raw commit",
+        "ms",
+        "tasks/s",
+        "once",
+    ]));
+    for case in &report.cases {
+        let engine = case
+            .engine_alone
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |e| thousands(e.tasks_per_s));
+        let (run_s, rate, goal, per_commit, start_ms, once) = match &case.end_to_end {
+            Some(e) => (
+                format!("{:.3}", e.duration_s),
+                thousands(e.tasks_per_s),
+                verdict(e.meets_goal).to_owned(),
+                e.tasks_per_raw_commit
+                    .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+                format!("{:.0}", e.start_call_ms),
+                if e.verification.ok {
+                    "yes".to_owned()
+                } else {
+                    format!("NO ({})", e.verification.tasks_done_exactly_once)
+                },
+            ),
+            None => (
+                "-".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+            ),
+        };
+        out.push_str(&row([
+            &case.case.name,
+            &case.max_parallel.to_string(),
+            &thousands(case.edges as f64),
+            &run_s,
+            &rate,
+            &goal,
+            &per_commit,
+            &start_ms,
+            &engine,
+            &once,
+        ]));
+    }
+    let _ = writeln!(
+        out,
+        "Published: Conductor {} task executions/s; self-hosted Temporal about {} state \
+         transitions/s.\n\
+         tasks per raw commit = end-to-end tasks/s over the raw loop's commits/s (mean of the \
+         loops above). engine = runbook::apply alone, in memory, no store, no executor.\n",
+        thousands(report.conductor_task_executions_per_s),
+        thousands(report.temporal_state_transitions_per_s)
+    );
+    write_runs_breakdown(&mut out, report);
+    if report.problems.is_empty() {
+        let _ = writeln!(
+            out,
+            "No problems: every run succeeded with every task done exactly once."
+        );
+    } else {
+        let _ = writeln!(out, "PROBLEMS ({}):", report.problems.len());
+        for problem in &report.problems {
+            let _ = writeln!(out, "  - {problem}");
+        }
+    }
+    out
+}
+
+fn write_runs_breakdown(out: &mut String, report: &RunsReport) {
+    if report.cases.iter().all(|case| case.end_to_end.is_none()) {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "Where the time went (store commits = Store::commit_run calls, one SQLite transaction \
+         each; commit wait = time the run's actor waited for them)"
+    );
+    const WIDTHS: [usize; 12] = [12, 9, 8, 9, 9, 8, 8, 6, 8, 8, 6, 8];
+    let row = |cells: [&str; 12]| table_row(&WIDTHS, &cells);
+    out.push_str(&row([
+        "",
+        "",
+        "store",
+        "commits",
+        "decisions",
+        "tasks",
+        "commit",
+        "wait",
+        "CPU",
+        "CPU",
+        "cores",
+        "written",
+    ]));
+    out.push_str(&row([
+        "case",
+        "decisions",
+        "commits",
+        "/s",
+        "/commit",
+        "/commit",
+        "wait µs",
+        "% run",
+        "s",
+        "µs/task",
+        "busy",
+        "KiB/task",
+    ]));
+    for case in &report.cases {
+        let Some(e) = &case.end_to_end else {
+            continue;
+        };
+        out.push_str(&row([
+            &case.case.name,
+            &thousands(e.decisions as f64),
+            &thousands(e.run_commits as f64),
+            &thousands(e.run_commits_per_s),
+            &format!("{:.2}", e.decisions_per_commit),
+            &format!("{:.2}", e.tasks_per_commit),
+            &format!("{:.0}", e.commit_wait_us_mean),
+            &format!("{:.0}%", e.commit_wait_fraction * 100.0),
+            &format!("{:.2}", e.cpu_s),
+            &format!("{:.0}", e.cpu_us_per_task),
+            &format!("{:.2}/{}", e.cpu_cores_busy, e.cores),
+            &format!("{:.1}", e.kib_written_per_task),
+        ]));
+    }
+    let engine: Vec<String> = report
+        .cases
+        .iter()
+        .filter_map(|case| {
+            case.engine_alone
+                .as_ref()
+                .map(|e| format!("{} {:.1} µs/decision", case.case.name, e.us_per_decision))
+        })
+        .collect();
+    if !engine.is_empty() {
+        let _ = writeln!(out, "Engine alone: {}.", engine.join(", "));
+    }
+    let starts: Vec<String> = report
+        .cases
+        .iter()
+        .filter_map(|case| {
+            case.end_to_end.as_ref().map(|e| {
+                format!(
+                    "{} {:.0} ms (create_run {:.0} ms, {} load_run {:.0} ms)",
+                    case.case.name, e.start_call_ms, e.create_run_ms, e.load_runs, e.load_run_ms
+                )
+            })
+        })
+        .collect();
+    if !starts.is_empty() {
+        let _ = writeln!(
+            out,
+            "Start call and reads of the whole run: {}.",
+            starts.join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "Tasks run the `log` stage with message `{}`; the journal has a dispatch, a start and a \
+         success per task.\n",
+        runs::TASK_MESSAGE
+    );
+}
+
+/// One line of a table: the first cell left-aligned, the others right-aligned, each padded to its
+/// width and separated by ` | `.
+fn table_row(widths: &[usize], cells: &[&str]) -> String {
+    let mut line = String::new();
+    for (index, (cell, &width)) in cells.iter().zip(widths).enumerate() {
+        if index == 0 {
+            let _ = write!(line, "{cell:<width$}");
+        } else {
+            let _ = write!(line, " | {cell:>width$}");
+        }
+    }
+    line.push('\n');
+    line
 }
 
 fn verdict(met: bool) -> &'static str {
