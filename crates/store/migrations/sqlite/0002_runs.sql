@@ -12,8 +12,6 @@ CREATE TABLE runs (
     name            TEXT    UNIQUE,            -- client-supplied idempotency name; NULL if none
     runbook         TEXT    NOT NULL,
     runbook_version INTEGER NOT NULL,
-    params          TEXT    NOT NULL,          -- JSON: the bound parameter values
-    spec            TEXT    NOT NULL,          -- JSON: what the server executes, opaque here
     created_by      TEXT    NOT NULL,
     status          TEXT    NOT NULL,          -- RunStatus::name()
     version         INTEGER NOT NULL CHECK (version >= 1),
@@ -27,6 +25,15 @@ CREATE TABLE runs (
     tasks_done      INTEGER NOT NULL CHECK (tasks_done >= 0),     -- succeeded or skipped
     tasks_running   INTEGER NOT NULL CHECK (tasks_running >= 0),
     tasks_failed    INTEGER NOT NULL CHECK (tasks_failed >= 0)    -- failed or stalled
+) STRICT;
+
+-- What a run was created with, written once: kept out of `runs` because a spec of 10,000
+-- tasks is megabytes, and SQLite rewrites (and walks the overflow pages of) a row on every
+-- update; the hot row then costs a page, not a megabyte, per commit.
+CREATE TABLE run_specs (
+    run_id TEXT NOT NULL PRIMARY KEY REFERENCES runs (id),
+    params TEXT NOT NULL,  -- JSON: the bound parameter values
+    spec   TEXT NOT NULL   -- JSON: what the server executes, opaque here
 ) STRICT;
 
 -- Listings are newest first, optionally by status or runbook; ties on time break by id.
@@ -56,6 +63,11 @@ CREATE INDEX run_tasks_succeeded ON run_tasks (run_id, task_id, finished_at_ms, 
 -- the run (the store computes the first counts) and only ever updated afterwards.
 CREATE TRIGGER run_tasks_count AFTER UPDATE OF status ON run_tasks
     WHEN OLD.status IS NOT NEW.status
+        -- Only moves between counted categories; waiting -> ready (10,000 at a run's start)
+        -- changes no count.
+        AND ((OLD.status IN ('succeeded', 'skipped')) IS NOT (NEW.status IN ('succeeded', 'skipped'))
+          OR (OLD.status = 'running') IS NOT (NEW.status = 'running')
+          OR (OLD.status IN ('failed', 'stalled')) IS NOT (NEW.status IN ('failed', 'stalled')))
 BEGIN
     UPDATE runs SET
         tasks_done = tasks_done

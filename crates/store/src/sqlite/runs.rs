@@ -29,7 +29,9 @@ pub(crate) const RUN_SUMMARY_COLUMNS: &str = "id, name, runbook, runbook_version
      tasks_done, tasks_running, tasks_failed";
 
 /// What a stored run holds besides its tasks, read by [`load_run`].
-const RUN_COLUMNS: &str = "id, name, runbook, runbook_version, params, spec, created_by, status, \
+const RUN_COLUMNS: &str = "id, name, runbook, runbook_version, \
+     (SELECT s.params FROM run_specs s WHERE s.run_id = runs.id) AS params, \
+     (SELECT s.spec FROM run_specs s WHERE s.run_id = runs.id) AS spec, created_by, status, \
      version, created_at_ms, started_at_ms, started_by, finished_at_ms, outcome, max_parallel";
 
 const TASK_COLUMNS: &str = "run_id, idx, task_id, status, started_at_ms, finished_at_ms, record";
@@ -577,18 +579,15 @@ impl RunBatch {
         let counts = TaskCounts::of(&state.tasks);
         let total = i64::try_from(state.tasks.len()).unwrap_or(i64::MAX);
         let inserted = sqlx::query(
-            "INSERT INTO runs (id, name, runbook, runbook_version, params, spec, created_by, \
+            "INSERT INTO runs (id, name, runbook, runbook_version, created_by, \
              status, version, created_at_ms, started_at_ms, started_by, finished_at_ms, outcome, \
              max_parallel, tasks_total, tasks_done, tasks_running, tasks_failed) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-             ?18, ?19)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         )
         .bind(id)
         .bind(&run.name)
         .bind(&run.runbook)
         .bind(run.runbook_version)
-        .bind(&params)
-        .bind(&spec)
         .bind(&run.created_by)
         .bind(state.run.status.name())
         .bind(state.run.version)
@@ -616,6 +615,13 @@ impl RunBatch {
             }
             Err(error) => return Err(db_error("create a run", error)),
         }
+        sqlx::query("INSERT INTO run_specs (run_id, params, spec) VALUES (?1, ?2, ?3)")
+            .bind(id)
+            .bind(&params)
+            .bind(&spec)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| db_error("store a run's spec", e))?;
         for chunk in tasks.chunks(SQLITE_MAX_VARIABLES / TASK_COLUMN_COUNT) {
             write_tasks(conn, chunk).await?;
         }
