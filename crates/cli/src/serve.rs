@@ -19,6 +19,13 @@ pub struct ServeArgs {
     /// Serve this state machine file at `/state` (StateService's format or `kind: StateMachine`).
     #[arg(long)]
     pub machine: Option<PathBuf>,
+    /// POST run notifications (stalled, failed, approval needed, stuck, finished) as JSON to
+    /// this `http://` URL; repeat for several.
+    #[arg(long = "webhook", env = "LEVEE_WEBHOOKS", value_delimiter = ',')]
+    pub webhooks: Vec<String>,
+    /// Sign webhook bodies with HMAC-SHA256 of this secret (`X-Levee-Signature: sha256=...`).
+    #[arg(long, env = "LEVEE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
 }
 
 pub async fn open_store(url: &str) -> anyhow::Result<DynStore> {
@@ -36,7 +43,19 @@ pub async fn open_store(url: &str) -> anyhow::Result<DynStore> {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = open_store(&args.database).await?;
-    let app = App::open(store, Arc::new(SystemClock), AppOptions::default()).await?;
+    let webhooks = levee_server::webhooks::WebhookConfig {
+        urls: args.webhooks.clone(),
+        secret: args.webhook_secret.clone(),
+        ..Default::default()
+    };
+    webhooks
+        .validate()
+        .context("invalid --webhook or --webhook-secret")?;
+    let options = AppOptions {
+        webhooks,
+        ..AppOptions::default()
+    };
+    let app = App::open(store, Arc::new(SystemClock), options).await?;
     if let Some(path) = &args.machine {
         let file = path.display().to_string();
         let content = std::fs::read_to_string(path)
