@@ -825,7 +825,12 @@ fn entry_detail(entry: &JournalEntry) -> String {
                 StallCause::InFlightAtRestart => "in flight at restart".to_string(),
                 StallCause::TimedOut => "timed out".to_string(),
             };
-            format!("{cause}: {reason}")
+            // The engine's reason for a failed check already names the phase.
+            if reason.starts_with(&cause) {
+                reason.clone()
+            } else {
+                format!("{cause}: {reason}")
+            }
         }
         JournalKind::TaskRetried { from_step } if *from_step > 0 => {
             format!("from step {from_step}")

@@ -498,7 +498,7 @@ impl Attempt {
             }
             if !ok {
                 return Err(format!(
-                    "`{}` does not hold: {reason}{}",
+                    "{} does not hold: {reason}{}",
                     check.name,
                     if observed.is_empty() {
                         String::new()
