@@ -834,6 +834,24 @@ fn plan_table(plan: &PlanView) -> String {
         human_ms(path.sequential_ms)
     ));
     out.push_str(&format!("Speedup: {:.2}x\n", path.speedup));
+    let checks: Vec<Vec<String>> = plan
+        .tasks
+        .iter()
+        .flat_map(|task| {
+            task.pre_now.iter().map(|check| {
+                vec![
+                    task.id.clone(),
+                    if check.ok { "holds" } else { "FAILS" }.to_string(),
+                    check.name.clone(),
+                    crate::terminal::escape_line(&check.reason),
+                ]
+            })
+        })
+        .collect();
+    if !checks.is_empty() {
+        out.push_str("\nPre-conditions now (evaluated read-only; a run would stall on FAILS)\n");
+        out.push_str(&table(&["TASK", "NOW", "CHECK", "WHY"], &checks));
+    }
     out
 }
 

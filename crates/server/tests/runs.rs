@@ -785,3 +785,66 @@ async fn the_event_stream_sends_the_journal_live() {
     assert!(!resumed.contains(&format!("id: {first_id}\n")), "{resumed}");
     assert!(server.get("/api/v1/runs/nope/events").await.status == StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_plan_evaluates_pre_conditions_now_and_predicts_from_history() {
+    let server = start().await;
+    let yaml = "\
+kind: Runbook
+name: precheck
+tasks:
+  - id: a
+    stage: log
+    with: { message: hi }
+    pre:
+      - shell: { command: [test, -e, /nonexistent-levee-file] }
+      - shell: { command: [\"true\"] }
+  - id: b
+    stage: log
+    with: { message: hi }
+    pre:
+      - shell: { command: [\"true\"] }
+";
+    server.apply("precheck.yaml", yaml).await;
+    let plan = server
+        .send(
+            Method::POST,
+            "/api/v1/runbooks/precheck/plan",
+            None,
+            Some(&json!({})),
+        )
+        .await
+        .json();
+    let a = task(&plan, "a");
+    // Every check is shown, each with what it observed.
+    assert_eq!(a["pre_now"][0]["ok"], false, "{plan}");
+    assert_eq!(a["pre_now"][1]["ok"], true, "{plan}");
+    assert_eq!(task(&plan, "b")["pre_now"][0]["ok"], true, "{plan}");
+    assert_eq!(task(&plan, "b")["predicted"]["source"], "estimate");
+    // After a run, `b` is predicted from its history.
+    let answer = server
+        .send(
+            Method::POST,
+            "/api/v1/runbooks/precheck/runs",
+            None,
+            Some(&json!({})),
+        )
+        .await;
+    let id = answer.json()["id"].as_str().unwrap().to_string();
+    wait_until(&server, &id, "b done", |r| {
+        task(r, "b")["status"] == "succeeded"
+    })
+    .await;
+    let plan = server
+        .send(
+            Method::POST,
+            "/api/v1/runbooks/precheck/plan",
+            None,
+            Some(&json!({ "check_pre": false })),
+        )
+        .await
+        .json();
+    assert_eq!(task(&plan, "b")["predicted"]["source"], "history", "{plan}");
+    assert!(task(&plan, "b")["pre_now"].as_array().unwrap().is_empty());
+    assert_eq!(plan["predicted"]["source"], "mixed");
+}
