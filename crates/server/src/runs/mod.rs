@@ -130,8 +130,9 @@ impl Runs {
     }
 }
 
-/// The body of `POST /api/v1/runbooks/{name}/runs`.
-#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+/// The body of `POST /api/v1/runbooks/{name}/runs`. `Default` starts the run, as an empty
+/// JSON body does.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
     /// Parameter values, as for a plan.
@@ -152,6 +153,17 @@ pub struct StartRequest {
 
 fn yes() -> bool {
     true
+}
+
+impl Default for StartRequest {
+    fn default() -> Self {
+        StartRequest {
+            params: BTreeMap::new(),
+            name: None,
+            max_parallel: None,
+            start: true,
+        }
+    }
 }
 
 /// The body of `POST /api/v1/runs/{id}/controls`.
