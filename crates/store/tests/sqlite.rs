@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use levee_engine::Change;
 use levee_engine::machine::new_instance;
-use levee_engine::runbook::{Change as RunChange, Control, Event, RunStatus, TaskStatus};
+use levee_engine::runbook::{Change as RunChange, Control, Event, RunStatus};
 use levee_store::conformance::{
     LARGE_RUN_TASKS, NOW_MS, TestRun, audit_entry, control, counting_def, create_machines,
     create_test_run, diamond_plan, linear_def, new_definition, output, report_op, wide_plan,
@@ -696,123 +696,6 @@ async fn commits_queued_together_see_each_other() {
             .run
             .status,
         RunStatus::Running
-    );
-    store.close().await;
-}
-
-/// Tasks of the throughput measurement, and runs they are spread over in its concurrent part.
-const THROUGHPUT_TASKS: usize = 10_000;
-const THROUGHPUT_RUNS: usize = 16;
-
-/// Drives every task of `run` through dispatch, start and success, one commit per event (the
-/// slowest way an actor can commit): three commits per task. Returns the commits made.
-async fn drive_to_success(store: &SqliteStore, run: &mut TestRun) -> usize {
-    let mut commits = 0;
-    let mut now = NOW_MS + 1;
-    run.step(store, control(Control::Start), now).await;
-    commits += 1;
-    loop {
-        let running: Vec<(String, u32)> = run
-            .state
-            .tasks
-            .iter()
-            .filter_map(|t| match t.status {
-                TaskStatus::Running { attempt, .. } => Some((t.id.clone(), attempt)),
-                _ => None,
-            })
-            .collect();
-        if running.is_empty() {
-            break;
-        }
-        for (task, attempt) in running {
-            now += 1;
-            let started = Event::TaskStarted {
-                task: task.clone(),
-                attempt,
-            };
-            run.step(store, started, now).await;
-            run.step(store, Event::TaskSucceeded { task, attempt }, now)
-                .await;
-            commits += 2;
-        }
-    }
-    assert_eq!(run.state.run.status, RunStatus::Succeeded);
-    commits
-}
-
-/// Not run by default: `cargo test --release -p levee-store --test sqlite -- --ignored
-/// --nocapture throughput` prints figures for the run store on this machine's disk.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement, not a check"]
-async fn run_store_throughput() {
-    let (store, _dir) = fresh().await;
-    let run = TestRun::new("huge", wide_plan(THROUGHPUT_TASKS), NOW_MS);
-    let started = Instant::now();
-    create_test_run(&store, &run, None, "fleet").await;
-    let created = started.elapsed();
-    let loaded = store.load_run("huge").await.unwrap().unwrap();
-    assert_eq!(loaded.state.tasks.len(), THROUGHPUT_TASKS);
-    eprintln!(
-        "create {THROUGHPUT_TASKS}-task run: {created:?}, load it: {:?}",
-        started.elapsed() - created
-    );
-
-    // One run, one commit at a time: every commit waits for its own fsync.
-    let mut one = TestRun::new("one", wide_plan(THROUGHPUT_TASKS / 10), NOW_MS);
-    create_test_run(&store, &one, None, "fleet").await;
-    let started = Instant::now();
-    let commits = drive_to_success(&store, &mut one).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    eprintln!(
-        "one run, sequential commits: {} tasks in {elapsed:.2}s: {:.0} commits/s, {:.0} tasks/s",
-        THROUGHPUT_TASKS / 10,
-        commits as f64 / elapsed,
-        (THROUGHPUT_TASKS / 10) as f64 / elapsed
-    );
-
-    // Many runs at once, as many actors would: their commits share group commits.
-    let store = Arc::new(store);
-    let mut tasks = Vec::new();
-    let started = Instant::now();
-    for i in 0..THROUGHPUT_RUNS {
-        let store = Arc::clone(&store);
-        let mut run = TestRun::new(
-            &format!("many-{i}"),
-            wide_plan(THROUGHPUT_TASKS / THROUGHPUT_RUNS),
-            NOW_MS,
-        );
-        tasks.push(tokio::spawn(async move {
-            create_test_run(&*store, &run, None, "fleet").await;
-            drive_to_success(&store, &mut run).await
-        }));
-    }
-    let mut commits = 0;
-    for task in tasks {
-        commits += task.await.unwrap();
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    eprintln!(
-        "{THROUGHPUT_RUNS} runs at once: {THROUGHPUT_TASKS} tasks in {elapsed:.2}s: {:.0} \
-         commits/s, {:.0} tasks/s",
-        commits as f64 / elapsed,
-        THROUGHPUT_TASKS as f64 / elapsed
-    );
-
-    let started = Instant::now();
-    let page = store
-        .runs(&RunFilter {
-            limit: 100,
-            ..RunFilter::default()
-        })
-        .await
-        .unwrap();
-    eprintln!("list {} runs: {:?}", page.len(), started.elapsed());
-    let started = Instant::now();
-    let durations = store.task_durations("fleet", 20).await.unwrap();
-    eprintln!(
-        "task durations ({} rows): {:?}",
-        durations.len(),
-        started.elapsed()
     );
     store.close().await;
 }
