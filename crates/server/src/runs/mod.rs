@@ -491,6 +491,8 @@ impl App {
                 reason: format!("started with `{runbook}`"),
             };
             let audit = self.audit_entry(caller, "run.start", &stored.id, json!({}));
+            // The actor starts from the run just created, not from a second read of it.
+            self.spawn_actor(stored.clone(), false)?;
             self.send_event(
                 &stored.id,
                 Event::Control {
