@@ -127,6 +127,9 @@ pub enum RunsCommand {
     OverrideDep(DepControlArgs),
     /// Approves an approval task that is waiting for one.
     Approve(TaskControlArgs),
+    /// Changes a paced task's pace (a `ramp`'s step size and wait between steps), now if it
+    /// is running, or for when it starts.
+    Pace(PaceControlArgs),
 }
 
 #[derive(Args, Debug)]
@@ -222,6 +225,27 @@ pub struct TaskControlArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct PaceControlArgs {
+    /// Run id.
+    pub id: String,
+    /// The paced task.
+    pub task: String,
+    /// How far each further step moves: a number, or a percentage of the whole span (`10%`).
+    #[arg(long, value_name = "AMOUNT")]
+    pub step: Option<String>,
+    /// How long to wait after each step (`30s`, `2m`).
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<String>,
+    /// Why: kept in the run's journal and the audit log.
+    #[arg(long, value_name = "TEXT", value_parser = parse_reason)]
+    pub reason: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Args, Debug)]
 pub struct DepControlArgs {
     /// Run id.
     pub id: String,
@@ -305,6 +329,37 @@ pub async fn runs(command: RunsCommand) -> Outcome {
                 id: &args.id,
                 task: Some(&args.task),
                 dep: Some(&args.dep),
+                pace: None,
+                reason: &args.reason,
+            };
+            control.send(&args.server, args.output.output).await
+        }
+        RunsCommand::Pace(args) => {
+            let mut pace = serde_json::Map::new();
+            if let Some(step) = &args.step {
+                // A plain number is sent as one; anything else (`10%`) as written.
+                let value = step
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                    .map_or_else(|| json!(step), Value::Number);
+                pace.insert("step".to_string(), value);
+            }
+            if let Some(wait) = &args.wait {
+                pace.insert("wait".to_string(), json!(wait));
+            }
+            if pace.is_empty() {
+                return Err(anyhow::anyhow!(
+                    "give --step, --wait or both: there is nothing to change"
+                )
+                .into());
+            }
+            let control = Control {
+                control: "set_pace",
+                id: &args.id,
+                task: Some(&args.task),
+                dep: None,
+                pace: Some(Value::Object(pace)),
                 reason: &args.reason,
             };
             control.send(&args.server, args.output.output).await
@@ -809,7 +864,11 @@ fn entry_detail(entry: &JournalEntry) -> String {
         | JournalKind::TaskTimedOut { attempt }
         | JournalKind::TaskRequeued { attempt }
         | JournalKind::Approved { attempt } => format!("attempt {attempt}"),
-        JournalKind::StepCommitted { step } => format!("step {step}"),
+        JournalKind::StepCommitted { step, state } if !state.is_null() => {
+            format!("step {step}: {state}")
+        }
+        JournalKind::StepCommitted { step, .. } => format!("step {step}"),
+        JournalKind::PaceChanged { pace } => format!("pace {pace}"),
         JournalKind::TaskRetrying {
             attempt,
             not_before_ms,
@@ -1169,6 +1228,7 @@ struct Control<'a> {
     id: &'a str,
     task: Option<&'a str>,
     dep: Option<&'a str>,
+    pace: Option<Value>,
     reason: &'a str,
 }
 
@@ -1178,6 +1238,7 @@ async fn run_control(args: &RunControlArgs, control: &'static str) -> Outcome {
         id: &args.id,
         task: None,
         dep: None,
+        pace: None,
         reason: &args.reason,
     }
     .send(&args.server, args.output.output)
@@ -1190,6 +1251,7 @@ async fn task_control(args: &TaskControlArgs, control: &'static str) -> Outcome 
         id: &args.id,
         task: Some(&args.task),
         dep: None,
+        pace: None,
         reason: &args.reason,
     }
     .send(&args.server, args.output.output)
@@ -1205,6 +1267,9 @@ impl Control<'_> {
         }
         if let Some(dep) = self.dep {
             body["dep"] = json!(dep);
+        }
+        if let Some(pace) = &self.pace {
+            body["pace"] = pace.clone();
         }
         let reply = client
             .send(
@@ -1262,6 +1327,10 @@ impl Control<'_> {
                 format!("task `{task_id}` no longer waits for `{dep}` and is {status}; {run}")
             }
             ("approve", _) => format!("approved task `{task_id}`, now {status}; {run}"),
+            ("set_pace", _) => format!(
+                "task `{task_id}` ({status}) now runs at pace {}; {run}",
+                self.pace.as_ref().map(Value::to_string).unwrap_or_default()
+            ),
             _ => format!("task `{task_id}` is now {status}; {run}"),
         }
     }

@@ -219,6 +219,14 @@ pub struct TaskRecord {
     pub budget_from: u32,
     /// Steps committed by a paced stage; a restarted attempt continues from here.
     pub step: u32,
+    /// What the stage recorded with its last committed step (the value a ramp reached), handed
+    /// back to it when it continues.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub step_state: serde_json::Value,
+    /// The operator's pace for a paced stage (its meaning is the stage's); `Null` when the
+    /// task runs at the pace it was written with.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub pace: serde_json::Value,
     /// When the task was first dispatched.
     pub started_at_ms: Option<i64>,
     /// When it succeeded, failed for good, or was skipped or cancelled.
@@ -279,6 +287,8 @@ impl RunState {
                     attempts: 0,
                     budget_from: 0,
                     step: 0,
+                    step_state: serde_json::Value::Null,
+                    pace: serde_json::Value::Null,
                     started_at_ms: None,
                     finished_at_ms: None,
                     overridden_deps: Vec::new(),
@@ -349,6 +359,13 @@ pub enum Control {
     Approve {
         task: TaskId,
     },
+    /// Changes the pace (for a `ramp`: `step` and `wait`) of a paced task that has not
+    /// finished; keys given replace the ones set before. Whether the stage is paced and the
+    /// pace valid is the server's check, made before.
+    SetPace {
+        task: TaskId,
+        pace: serde_json::Value,
+    },
 }
 
 /// Something that happened to a run.
@@ -361,11 +378,14 @@ pub enum Event {
         task: TaskId,
         attempt: u32,
     },
-    /// A paced stage finished step `step` (counted from 1); a restart continues after it.
+    /// A paced stage finished step `step` (counted from 1); a restart continues after it,
+    /// from `state` (what the stage needs to continue: the value reached, say).
     StepCommitted {
         task: TaskId,
         attempt: u32,
         step: u32,
+        #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+        state: serde_json::Value,
     },
     TaskSucceeded {
         task: TaskId,
@@ -436,6 +456,12 @@ pub enum Action {
     WakeAt {
         at_ms: i64,
     },
+    /// Hand the running attempt its new pace.
+    SetPace {
+        task: TaskId,
+        attempt: u32,
+        pace: serde_json::Value,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -473,6 +499,8 @@ pub enum JournalKind {
     },
     StepCommitted {
         step: u32,
+        #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+        state: serde_json::Value,
     },
     TaskSucceeded {
         attempt: u32,
@@ -517,6 +545,10 @@ pub enum JournalKind {
     },
     Approved {
         attempt: u32,
+    },
+    /// An operator changed a paced task's pace; `pace` is the whole pace now in force.
+    PaceChanged {
+        pace: serde_json::Value,
     },
 }
 
@@ -597,6 +629,8 @@ pub enum Refusal {
     AlreadyOverridden { task: TaskId, dep: TaskId },
     #[error("task `{task}` is {status}; only a waiting task waits for a dependency")]
     NotWaiting { task: TaskId, status: String },
+    #[error("task `{task}` is {status}; only a task that has not finished can be re-paced")]
+    NotPaceable { task: TaskId, status: String },
     #[error("task `{task}` does not wait for an approval (it is a `{stage}` task, {status})")]
     NotAwaitingApproval {
         task: TaskId,
@@ -624,6 +658,7 @@ impl Refusal {
             Refusal::AlreadyOverridden { .. } => "already_overridden",
             Refusal::NotWaiting { .. } => "not_waiting",
             Refusal::NotAwaitingApproval { .. } => "not_awaiting_approval",
+            Refusal::NotPaceable { .. } => "not_paceable",
         }
     }
 }
@@ -671,9 +706,10 @@ pub fn apply(
             task,
             attempt,
             step,
+            state,
         } => {
             let i = draft.running_attempt(task, *attempt)?;
-            draft.step_committed(i, *step)?;
+            draft.step_committed(i, *step, state)?;
         }
         Event::TaskSucceeded { task, attempt } => {
             let i = draft.running_attempt(task, *attempt)?;
@@ -841,7 +877,12 @@ impl Draft<'_> {
         self.note(Some(i), JournalKind::TaskStarted { attempt });
     }
 
-    fn step_committed(&mut self, i: usize, step: u32) -> Result<(), Refusal> {
+    fn step_committed(
+        &mut self,
+        i: usize,
+        step: u32,
+        state: &serde_json::Value,
+    ) -> Result<(), Refusal> {
         if let Some(steps) = self.plan.task(i).steps
             && step > steps
         {
@@ -856,10 +897,17 @@ impl Draft<'_> {
         }
         let record = self.task_mut(i);
         record.step = step;
+        record.step_state = state.clone();
         if let TaskStatus::Running { in_flight, .. } = &mut record.status {
             *in_flight = true;
         }
-        self.note(Some(i), JournalKind::StepCommitted { step });
+        self.note(
+            Some(i),
+            JournalKind::StepCommitted {
+                step,
+                state: state.clone(),
+            },
+        );
         Ok(())
     }
 
@@ -1135,6 +1183,43 @@ impl Draft<'_> {
                     task: task.clone(),
                     attempt,
                 });
+            }
+            Control::SetPace { task, pace } => {
+                let i = self.open_task(task)?;
+                let current = self.status(i).clone();
+                if matches!(
+                    current,
+                    TaskStatus::Succeeded | TaskStatus::Skipped | TaskStatus::Cancelled
+                ) {
+                    return Err(Refusal::NotPaceable {
+                        task: task.clone(),
+                        status: current.name().to_string(),
+                    });
+                }
+                let record = self.task_mut(i);
+                let merged = match (&record.pace, pace) {
+                    (serde_json::Value::Object(before), serde_json::Value::Object(given)) => {
+                        let mut merged = before.clone();
+                        merged.extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
+                        serde_json::Value::Object(merged)
+                    }
+                    _ => pace.clone(),
+                };
+                record.pace = merged.clone();
+                self.note_by(
+                    by,
+                    Some(i),
+                    JournalKind::PaceChanged {
+                        pace: merged.clone(),
+                    },
+                );
+                if let TaskStatus::Running { attempt, .. } = current {
+                    self.actions.push(Action::SetPace {
+                        task: task.clone(),
+                        attempt,
+                        pace: merged,
+                    });
+                }
             }
             Control::OverrideWeakDep { task, dep } => {
                 let i = self.open_task(task)?;

@@ -848,3 +848,222 @@ tasks:
     assert!(task(&plan, "b")["pre_now"].as_array().unwrap().is_empty());
     assert_eq!(plan["predicted"]["source"], "mixed");
 }
+
+/// A ramp from 100 to 0 that appends each step's value to `file`, waiting `wait` between
+/// steps.
+fn ramp_yaml(file: &std::path::Path, wait: &str, idempotent: bool) -> String {
+    format!(
+        "\
+kind: Runbook
+name: ramped
+tasks:
+  - id: shift
+    stage: ramp
+    with:
+      command: [sh, -c, 'echo \"$1\" >> \"$2\"', sh, '{{value}}', \"{}\"]
+      from: 100
+      to: 0
+      first_step: 5
+      step: 20%
+      wait: {wait}
+      idempotent: {idempotent}
+  - id: note
+    stage: log
+    with: {{ message: not paced }}
+",
+        file.display()
+    )
+}
+
+fn lines(file: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_ramp_commits_each_step_and_an_operator_changes_its_pace_while_it_runs() {
+    let server = start().await;
+    let file = server.dir.path().join("weights");
+    server
+        .apply("ramped.yaml", &ramp_yaml(&file, "1h", false))
+        .await;
+    let id = start_run(&server, "ramped", json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The first step is its own, small size; then the ramp waits an hour.
+    let first = wait_until(&server, &id, "the first step committed", |r| {
+        task(r, "shift")["step"] == 1
+    })
+    .await;
+    assert_eq!(
+        task(&first, "shift")["step_state"],
+        json!({ "value": 95.0 })
+    );
+    assert_eq!(lines(&file), ["95"]);
+    // A pace is checked before it is stored.
+    for (body, why) in [
+        (
+            json!({ "control": "set_pace", "task": "note", "pace": { "wait": "1s" }, "reason": "r" }),
+            "paced",
+        ),
+        (
+            json!({ "control": "set_pace", "task": "shift", "reason": "r" }),
+            "needs a `pace`",
+        ),
+        (
+            json!({ "control": "set_pace", "task": "shift", "pace": { "step": "0%" }, "reason": "r" }),
+            "step",
+        ),
+        (
+            json!({ "control": "set_pace", "task": "shift", "pace": { "to": 50 }, "reason": "r" }),
+            "cannot be changed",
+        ),
+    ] {
+        let answer = control(&server, &id, body).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+        assert!(answer.body.contains(why), "{why}: {}", answer.body);
+    }
+    // Halves the hour-long wait's remainder to nothing and takes bigger steps: it applies at
+    // once, to the wait already under way.
+    let answer = control(
+        &server,
+        &id,
+        json!({
+            "control": "set_pace",
+            "task": "shift",
+            "pace": { "step": "50%", "wait": "10ms" },
+            "reason": "error budget is fine, speed up"
+        }),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(
+        task(&answer.json(), "shift")["pace"],
+        json!({ "step": "50%", "wait": "10ms" })
+    );
+    wait_for_status(&server, &id, "succeeded").await;
+    assert_eq!(lines(&file), ["95", "45", "0"]);
+    let kinds = journal_kinds(&server, &id).await;
+    let steps = kinds.iter().filter(|(k, _)| k == "step_committed").count();
+    assert_eq!(steps, 3, "{kinds:?}");
+    assert!(kinds.contains(&("pace_changed".to_string(), Some("shift".to_string()))));
+    let audit = audit_actions(&server, &id).await;
+    assert!(
+        audit.contains(&("run.set_pace".to_string(), "ok".to_string())),
+        "{audit:?}"
+    );
+    assert!(
+        audit.contains(&("run.set_pace".to_string(), "bad_request".to_string())),
+        "{audit:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_ramp_continues_from_the_value_its_last_committed_step_reached() {
+    let server = start().await;
+    let file = server.dir.path().join("weights");
+    server
+        .apply("ramped.yaml", &ramp_yaml(&file, "1h", true))
+        .await;
+    let id = start_run(&server, "ramped", json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until(&server, &id, "the first step committed", |r| {
+        task(r, "shift")["step"] == 1
+    })
+    .await;
+    let dir = server.stop().await;
+    let server = common::start_with(common::Options {
+        real_clock: true,
+        dir: Some(dir),
+        ..common::Options::default()
+    })
+    .await;
+    // Declared idempotent, so it is re-run after the restart (not stalled), and it goes on
+    // from 95 rather than from the start.
+    wait_until(&server, &id, "the ramp running again", |r| {
+        task(r, "shift")["status"] == "running" && task(r, "shift")["attempts"] == 2
+    })
+    .await;
+    let answer = control(
+        &server,
+        &id,
+        json!({ "control": "set_pace", "task": "shift", "pace": { "wait": "10ms" }, "reason": "finish the test" }),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    wait_for_status(&server, &id, "succeeded").await;
+    assert_eq!(
+        lines(&server.dir.path().join("weights")),
+        ["95", "75", "55", "35", "15", "0"]
+    );
+}
+
+#[tokio::test]
+async fn a_wait_until_a_check_holds_ends_when_it_holds_or_fails_at_its_deadline() {
+    let server = start().await;
+    let flag = server.dir.path().join("ready");
+    let yaml = format!(
+        "\
+kind: Runbook
+name: waits
+params:
+  deadline: {{ type: duration, default: 20s }}
+tasks:
+  - id: ready
+    stage: wait
+    with:
+      until: {{ name: replica caught up, shell: {{ command: [test, -e, \"{}\"] }} }}
+      every: 100ms
+      deadline: \"{{{{ params.deadline }}}}\"
+",
+        flag.display()
+    );
+    server.apply("waits.yaml", &yaml).await;
+    let id = start_run(&server, "waits", json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until(&server, &id, "waiting", |r| {
+        task(r, "ready")["in_flight"] == true
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(run(&server, &id).await["status"], "running");
+    std::fs::write(&flag, "").unwrap();
+    wait_for_status(&server, &id, "succeeded").await;
+    let output = server
+        .get(&format!("/api/v1/runs/{id}/tasks/ready/output"))
+        .await;
+    assert_eq!(output.status, StatusCode::OK, "{}", output.body);
+    assert!(
+        output.body.contains("holds replica caught up"),
+        "{}",
+        output.body
+    );
+
+    std::fs::remove_file(&flag).unwrap();
+    let id = start_run(
+        &server,
+        "waits",
+        json!({ "params": { "deadline": "300ms" } }),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let failed = wait_until(&server, &id, "the wait failed", |r| {
+        task(r, "ready")["status"] == "failed"
+    })
+    .await;
+    let reason = task(&failed, "ready")["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("replica caught up still does not hold"),
+        "{reason}"
+    );
+}

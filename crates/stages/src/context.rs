@@ -252,6 +252,11 @@ pub struct StageContext {
     pub steps: StepReporter,
     /// Where the stage writes its human-readable output, size-limited.
     pub output: OutputSink,
+    /// The operator's pace for a paced stage (`Value::Null` when none was set); it may change
+    /// while the stage runs.
+    pub pace: PaceWatch,
+    /// Evaluates checks for stages that wait until a condition holds (`wait` with `until`).
+    pub checks: Arc<dyn CheckRunner>,
 }
 
 impl StageContext {
@@ -267,6 +272,8 @@ impl StageContext {
             deadline: Instant::now() + timeout,
             steps: StepReporter::unjournaled(),
             output: OutputSink::new(MAX_OUTPUT_BYTES),
+            pace: PaceWatch::fixed(serde_json::Value::Null),
+            checks: Arc::new(NoChecks),
         }
     }
 
@@ -274,6 +281,95 @@ impl StageContext {
     /// their own `timeout` argument.
     pub fn deadline_within(&self, timeout: Duration) -> Instant {
         self.deadline.min(Instant::now() + timeout)
+    }
+}
+
+/// An operator's pace for a paced stage, as the stage defines it (for `ramp`: `step` and
+/// `wait`), shared by whoever sets it with the running stage.
+#[derive(Debug)]
+pub struct PaceSetter {
+    sender: watch::Sender<serde_json::Value>,
+}
+
+/// The stage's half of a [`PaceSetter`]: the current pace, and a way to wait for a change.
+#[derive(Clone, Debug)]
+pub struct PaceWatch {
+    receiver: watch::Receiver<serde_json::Value>,
+}
+
+impl PaceSetter {
+    /// A setter holding `initial` (`Value::Null` for "as the task was written") and its watch.
+    pub fn new(initial: serde_json::Value) -> (PaceSetter, PaceWatch) {
+        let (sender, receiver) = watch::channel(initial);
+        (PaceSetter { sender }, PaceWatch { receiver })
+    }
+
+    /// Changes the pace; the stage sees it at its next step or wait.
+    pub fn set(&self, pace: serde_json::Value) {
+        self.sender.send_replace(pace);
+    }
+}
+
+impl PaceWatch {
+    /// A pace that never changes.
+    pub fn fixed(pace: serde_json::Value) -> PaceWatch {
+        let (_, receiver) = watch::channel(pace);
+        PaceWatch { receiver }
+    }
+
+    /// The pace now.
+    pub fn current(&self) -> serde_json::Value {
+        self.receiver.borrow().clone()
+    }
+
+    /// Completes when the pace changes; never completes once nobody can change it.
+    pub async fn changed(&mut self) {
+        if self.receiver.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Evaluates a check by name (`http`, `metric`, `state`, ...) with its arguments, for stages
+/// that wait on a condition. The server's implementation covers its own checks (`state`) as
+/// well as the library's; [`crate::Registry`] covers the library's.
+#[async_trait::async_trait]
+pub trait CheckRunner: Send + Sync {
+    /// Evaluates the check; an unknown check or an uncertain answer fails it.
+    async fn evaluate(
+        &self,
+        cancel: &CancelToken,
+        check: &str,
+        args: &serde_json::Value,
+    ) -> crate::CheckOutcome;
+}
+
+impl std::fmt::Debug for dyn CheckRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckRunner")
+    }
+}
+
+/// Evaluates no check: every evaluation fails and says why. The default of a
+/// [`StageContext`] made by [`StageContext::new`].
+#[derive(Debug, Default)]
+pub struct NoChecks;
+
+#[async_trait::async_trait]
+impl CheckRunner for NoChecks {
+    async fn evaluate(
+        &self,
+        _cancel: &CancelToken,
+        check: &str,
+        _args: &serde_json::Value,
+    ) -> crate::CheckOutcome {
+        crate::CheckOutcome {
+            ok: false,
+            observed: String::new(),
+            reason: format!(
+                "this caller evaluates no checks, so `{check}` cannot be shown to hold"
+            ),
+        }
     }
 }
 

@@ -16,8 +16,16 @@
 //! |---------|-----------|------------|
 //! | `shell` | `command: [program, arg, ...]` (required), `env: {K: V}`, `cwd`, `timeout` (30s) | no |
 //! | `http`  | `method` (GET), `url` (required), `body`, `headers`, `expect_status` (2xx), `timeout` (10s) | GET, HEAD, PUT, DELETE, OPTIONS |
-//! | `wait`  | `duration` (required) | yes |
+//! | `wait`  | `duration`, or `until` (a check as in `pre`), `every` (5s), `deadline` (1h) | yes |
+//! | `ramp`  | `command`, `from`, `to`, `step`, `first_step`, `wait`, `env`, `timeout`, `idempotent` | if it says so |
 //! | `log`   | `message` (required) | yes |
+//!
+//! `ramp` is the generic paced stage: it moves a value from `from` to `to` in steps (the first
+//! one `first_step`, then `step`, each a number or a percentage of the whole span), running
+//! `command` once per step with `{value}` replaced, committing each step before the next, and
+//! waiting `wait` between steps. An operator may change `step` and `wait` while it runs
+//! ([`StageContext::pace`]); a resumed task continues from the value its last committed step
+//! reached.
 //!
 //! `shell` runs argv directly, never through a shell, in its own process group; at its timeout
 //! or on cancellation the whole group gets SIGTERM, then SIGKILL after [`KILL_GRACE_MS`].
@@ -47,6 +55,7 @@ mod context;
 mod http;
 mod log;
 mod process;
+mod ramp;
 mod registry;
 mod shell;
 mod wait;
@@ -60,8 +69,9 @@ pub use check::{
     StaticMetrics, json_field,
 };
 pub use context::{
-    CancelToken, Canceller, CapturedOutput, MAX_OUTPUT_BYTES, OutputSink, STEP_CHANNEL_CAPACITY,
-    StageContext, StageOutcome, StageOutput, Step, StepCommit, StepError, StepReporter,
+    CancelToken, Canceller, CapturedOutput, CheckRunner, MAX_OUTPUT_BYTES, NoChecks, OutputSink,
+    PaceSetter, PaceWatch, STEP_CHANNEL_CAPACITY, StageContext, StageOutcome, StageOutput, Step,
+    StepCommit, StepError, StepReporter,
 };
 pub use http::{
     DEFAULT_HTTP_TIMEOUT_MS, HttpStage, MAX_EXPECTED_STATUSES, MAX_HTTP_HEADERS,
@@ -69,6 +79,7 @@ pub use http::{
 };
 pub use log::{LogStage, MAX_LOG_MESSAGE_BYTES};
 pub use process::{KILL_GRACE_MS, PIPE_DRAIN_AFTER_EXIT_MS};
+pub use ramp::{MAX_RAMP_STEPS, RampStage, ramp_values};
 pub use registry::{
     Execution, LintError, MAX_APPROVAL_EXPIRY_MS, MAX_APPROVERS, MAX_STATE_LIST, Registry,
     RegistryError, SERVER_CHECKS, SERVER_STAGES, ServerCheck, ServerStage,
@@ -76,7 +87,10 @@ pub use registry::{
 pub use shell::{
     DEFAULT_SHELL_TIMEOUT_MS, MAX_COMMAND_ARGS, MAX_ENV_ENTRIES, MAX_SHELL_TIMEOUT_MS, ShellStage,
 };
-pub use wait::{MAX_WAIT_MS, WaitStage};
+pub use wait::{
+    CheckCall, DEFAULT_WAIT_DEADLINE_MS, DEFAULT_WAIT_EVERY_MS, MAX_WAIT_MS, MIN_WAIT_EVERY_MS,
+    WaitStage, check_from_definition,
+};
 
 /// Something a runbook task can do.
 #[async_trait]
@@ -98,6 +112,20 @@ pub trait Stage: Send + Sync {
 
     /// Checks arguments before a run starts (types, ranges); errors name the argument.
     fn validate(&self, args: &serde_json::Value) -> Result<(), ArgError>;
+
+    /// Whether the stage runs in steps whose size and wait an operator may change while it
+    /// runs ([`StageContext::pace`]).
+    fn paced(&self) -> bool {
+        false
+    }
+
+    /// Checks an operator's pace for this stage before it is stored.
+    fn validate_pace(&self, _pace: &serde_json::Value) -> Result<(), ArgError> {
+        Err(ArgError::invalid(
+            "pace",
+            format!("stage `{}` does not run in paced steps", self.name()),
+        ))
+    }
 
     /// Does the work. Invalid arguments give a non-retryable failure rather than a panic, so a
     /// caller that skipped [`Stage::validate`] still gets an answer.

@@ -11,6 +11,7 @@ use crate::args::{ArgError, ArgKind, ArgSpec, Args, Strictness, check_args};
 use crate::check::{Check, HttpCheck, MetricCheck, MetricSource, NoMetricSource, ShellCheck};
 use crate::http::HttpStage;
 use crate::log::LogStage;
+use crate::ramp::RampStage;
 use crate::shell::ShellStage;
 use crate::wait::{MAX_WAIT_MS, WaitStage};
 
@@ -327,11 +328,12 @@ impl Registry {
             stages: BTreeMap::new(),
             checks: BTreeMap::new(),
         };
-        let stages: [Arc<dyn Stage>; 4] = [
+        let stages: [Arc<dyn Stage>; 5] = [
             Arc::new(ShellStage),
             Arc::new(HttpStage),
             Arc::new(WaitStage),
             Arc::new(LogStage),
+            Arc::new(RampStage),
         ];
         for stage in stages {
             registry.stages.insert(stage.name(), stage);
@@ -375,6 +377,22 @@ impl Registry {
     /// The check carried out here by this name (not the server's).
     pub fn check(&self, name: &str) -> Option<Arc<dyn Check>> {
         self.checks.get(name).cloned()
+    }
+
+    /// Whether the stage runs in paced steps an operator may re-pace while it runs.
+    pub fn stage_paced(&self, name: &str) -> bool {
+        self.stages.get(name).is_some_and(|stage| stage.paced())
+    }
+
+    /// Checks an operator's pace for a task of this stage; `Err` says what to fix.
+    pub fn validate_pace(&self, name: &str, pace: &Value) -> Result<(), ArgError> {
+        match self.stages.get(name) {
+            Some(stage) if stage.paced() => stage.validate_pace(pace),
+            _ => Err(ArgError::invalid(
+                "pace",
+                format!("stage `{name}` does not run in paced steps, so it has no pace to change"),
+            )),
+        }
     }
 
     /// The server-side stage by this name.
@@ -519,6 +537,25 @@ impl Registry {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::context::CheckRunner for Registry {
+    async fn evaluate(
+        &self,
+        cancel: &crate::context::CancelToken,
+        check: &str,
+        args: &Value,
+    ) -> crate::CheckOutcome {
+        match self.checks.get(check) {
+            Some(implementation) => implementation.evaluate(cancel, args).await,
+            None => crate::CheckOutcome {
+                ok: false,
+                observed: String::new(),
+                reason: format!("the stage library cannot evaluate a `{check}` check here"),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,7 +566,7 @@ mod tests {
         let registry = Registry::builtin();
         assert_eq!(
             registry.stage_names(),
-            vec!["approval", "http", "log", "shell", "state", "wait"]
+            vec!["approval", "http", "log", "ramp", "shell", "state", "wait"]
         );
         assert_eq!(
             registry.check_names(),

@@ -159,7 +159,7 @@ impl Sim<'_> {
                 }
                 Action::WakeAt { at_ms } => self.wake = Some(*at_ms),
                 Action::StartTask { .. } => self.queue.push_back(action.clone()),
-                Action::Notify { .. } | Action::RunFinished { .. } => {}
+                Action::Notify { .. } | Action::RunFinished { .. } | Action::SetPace { .. } => {}
             }
         }
         Applied::Committed
@@ -250,6 +250,16 @@ impl Sim<'_> {
             return;
         };
         let i = self.plan.index_of(&task).expect("known task");
+        // A continuing attempt gets back what its last committed step recorded.
+        let expected_state = if from_step == 0 {
+            serde_json::Value::Null
+        } else {
+            serde_json::json!({ "reached": from_step })
+        };
+        assert_eq!(
+            self.state.tasks[i].step_state, expected_state,
+            "task {task} continues from step {from_step} without that step's state"
+        );
         if !skip_checks.pre && self.rng.random_bool(0.03) {
             // Refused when the attempt was cancelled meanwhile; then there is nothing to do.
             self.apply(Event::CheckFailed {
@@ -368,6 +378,7 @@ impl Sim<'_> {
                 task,
                 attempt,
                 step: exec.next_step,
+                state: serde_json::json!({ "reached": exec.next_step }),
             });
         }
     }

@@ -677,6 +677,7 @@ fn retry_continues_from_the_last_committed_step() {
             task: "shift".into(),
             attempt: 1,
             step,
+            state: serde_json::Value::Null,
         });
     }
     let beyond = run
@@ -684,6 +685,7 @@ fn retry_continues_from_the_last_committed_step() {
             task: "shift".into(),
             attempt: 1,
             step: 11,
+            state: serde_json::Value::Null,
         })
         .unwrap_err();
     assert_eq!(beyond.code(), "step_out_of_range");
@@ -737,6 +739,7 @@ fn a_health_override_resumes_from_the_committed_step_without_the_gate() {
         task: "shift".into(),
         attempt: 1,
         step: 2,
+        state: serde_json::Value::Null,
     });
     run.check_fails("shift", CheckPhase::Health);
     let actions = run
@@ -824,12 +827,14 @@ fn duplicate_and_out_of_order_reports_change_nothing() {
         task: "a".into(),
         attempt: 1,
         step: 2,
+        state: serde_json::Value::Null,
     });
     let older = run
         .try_apply(Event::StepCommitted {
             task: "a".into(),
             attempt: 1,
             step: 1,
+            state: serde_json::Value::Null,
         })
         .unwrap();
     assert!(older.change.is_noop());
@@ -1028,4 +1033,50 @@ fn a_stuck_task_is_journaled_and_notified_but_keeps_running() {
         })
         .is_err()
     );
+}
+
+#[test]
+fn a_pace_is_merged_journaled_and_handed_to_the_running_attempt() {
+    let mut run = Run::new(vec![
+        PlanTask::new("shift", "ramp"),
+        PlanTask::new("after", "ramp").needs(&["shift"]),
+    ]);
+    run.start();
+    // Set before the task starts: kept for when it does, nothing to hand over yet.
+    let actions = run
+        .control(Control::SetPace {
+            task: "after".to_string(),
+            pace: serde_json::json!({ "wait": "5s" }),
+        })
+        .expect("a waiting task may be re-paced");
+    assert!(!actions.iter().any(|a| matches!(a, Action::SetPace { .. })));
+    run.begin("shift");
+    let attempt = run.attempt("shift");
+    run.control(Control::SetPace {
+        task: "shift".to_string(),
+        pace: serde_json::json!({ "step": "10%" }),
+    })
+    .unwrap();
+    let actions = run
+        .control(Control::SetPace {
+            task: "shift".to_string(),
+            pace: serde_json::json!({ "wait": "1s" }),
+        })
+        .unwrap();
+    let merged = serde_json::json!({ "step": "10%", "wait": "1s" });
+    assert!(actions.contains(&Action::SetPace {
+        task: "shift".to_string(),
+        attempt,
+        pace: merged.clone(),
+    }));
+    let i = run.plan.index_of("shift").unwrap();
+    assert_eq!(run.state.tasks[i].pace, merged);
+    run.succeed("shift");
+    let refusal = run
+        .control(Control::SetPace {
+            task: "shift".to_string(),
+            pace: serde_json::json!({ "wait": "2s" }),
+        })
+        .unwrap_err();
+    assert_eq!(refusal.code(), "not_paceable");
 }

@@ -6,14 +6,14 @@
 //! answers the senders and executes the actions. Many tasks finishing at once therefore cost
 //! one commit, not one each, and no action ever runs ahead of the journal.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use levee_engine::runbook::{
     self as engine, Action, Change, Context, Event, NotifyKind, RunPlan, RunState,
 };
-use levee_stages::Canceller;
+use levee_stages::{Canceller, PaceSetter};
 use levee_store::{AuditEntry, Error as StoreError, RunCommit, StoredRun, TaskOutput};
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,6 +33,13 @@ pub const COMMIT_RETRY_MS: u64 = 500;
 
 type Reply = oneshot::Sender<Result<(), ApiError>>;
 
+/// An attempt running in this process.
+struct Running {
+    attempt: u32,
+    canceller: Canceller,
+    pace: PaceSetter,
+}
+
 struct Actor {
     app: Arc<App>,
     id: String,
@@ -41,8 +48,8 @@ struct Actor {
     plan: Arc<RunPlan>,
     /// Equal to the committed state after every turn.
     state: RunState,
-    /// Attempts running in this process, by task index.
-    running: HashMap<usize, (u32, Canceller)>,
+    /// Attempts running in this process, by task index, with what stops and re-paces them.
+    running: HashMap<usize, Running>,
     /// Past durations per task id, for stuck detection.
     history: HashMap<String, Vec<u64>>,
     wake_at_ms: Option<i64>,
@@ -83,6 +90,8 @@ struct Turn {
     outputs: Vec<TaskOutput>,
     audits: Vec<AuditEntry>,
     replies: Vec<(Reply, Result<(), ApiError>)>,
+    /// Attempts whose `TaskStarted` this turn commits (task index, attempt).
+    started: HashSet<(usize, u32)>,
 }
 
 impl Turn {
@@ -137,8 +146,8 @@ impl Actor {
                 break;
             }
         }
-        for (_, canceller) in self.running.values() {
-            canceller.cancel();
+        for running in self.running.values() {
+            running.canceller.cancel();
         }
     }
 
@@ -207,6 +216,7 @@ impl Actor {
                 }
             }
         }
+        self.start_in_the_same_commit(&mut turn);
         if !turn.is_empty() {
             let commit = RunCommit {
                 run_id: self.id.clone(),
@@ -230,8 +240,8 @@ impl Actor {
                         format!("the run changed elsewhere; retry: {error}"),
                     )));
                 }
-                for (_, canceller) in self.running.values() {
-                    canceller.cancel();
+                for running in self.running.values() {
+                    running.canceller.cancel();
                 }
                 self.running.clear();
                 if let Some(stored) = self.app.store.load_run(&self.id).await.ok().flatten() {
@@ -245,9 +255,56 @@ impl Actor {
             let _ = reply.send(result);
         }
         for action in std::mem::take(&mut turn.actions) {
-            self.act(action);
+            self.act(action, &turn.started);
         }
         self.forget_finished();
+    }
+
+    /// Folds `TaskStarted` into this turn's commit for every task dispatched in it that has no
+    /// pre-condition to evaluate and whose stage is idempotent: for such a task nothing stands
+    /// between the dispatch and the side effect, so one commit records both, and a chain of
+    /// tasks costs one commit per task instead of two. The attempt is spawned only after the
+    /// commit, so the journal still leads every side effect. A non-idempotent task keeps its own
+    /// `TaskStarted` commit right before the side effect, so a crash in between re-runs it
+    /// instead of asking an operator.
+    fn start_in_the_same_commit(&mut self, turn: &mut Turn) {
+        let actions = std::mem::take(&mut turn.actions);
+        let mut later = Vec::new();
+        for action in &actions {
+            let Action::StartTask {
+                task,
+                attempt,
+                skip_checks,
+                ..
+            } = action
+            else {
+                continue;
+            };
+            let Some(index) = self.plan.index_of(task) else {
+                continue;
+            };
+            let spec = &self.spec.tasks[index];
+            if !spec.plan.idempotent || !(spec.pre.is_empty() || skip_checks.pre) {
+                continue;
+            }
+            let event = Event::TaskStarted {
+                task: task.clone(),
+                attempt: *attempt,
+            };
+            let ctx = Context {
+                now_ms: self.app.now_ms(),
+                global_pause: self.app.runs.global_pause(),
+            };
+            let before = self.state.run.version;
+            if let Ok(decision) = engine::apply(&self.plan, &self.state, &event, ctx) {
+                self.state.commit(&decision.change);
+                turn.add(decision.change, before);
+                turn.started.insert((index, *attempt));
+                later.extend(decision.actions);
+            }
+        }
+        turn.actions = actions;
+        turn.actions.extend(later);
     }
 
     /// Commits, retrying while the store is unavailable; fails only on a conflict.
@@ -268,7 +325,7 @@ impl Actor {
         }
     }
 
-    fn act(&mut self, action: Action) {
+    fn act(&mut self, action: Action, started: &HashSet<(usize, u32)>) {
         match action {
             Action::StartTask {
                 task,
@@ -279,14 +336,24 @@ impl Actor {
                 let Some(index) = self.plan.index_of(&task) else {
                     return;
                 };
-                if let Some((_, old)) = self.running.remove(&index) {
-                    old.cancel();
+                if let Some(old) = self.running.remove(&index) {
+                    old.canceller.cancel();
                 }
                 let Some(sender) = self.sender.upgrade() else {
                     return;
                 };
                 let (canceller, cancel) = Canceller::new();
-                self.running.insert(index, (attempt, canceller));
+                let record = &self.state.tasks[index];
+                let step_state = record.step_state.clone();
+                let (pace, pace_watch) = PaceSetter::new(record.pace.clone());
+                self.running.insert(
+                    index,
+                    Running {
+                        attempt,
+                        canceller,
+                        pace,
+                    },
+                );
                 let stuck_after_ms =
                     engine::stuck_threshold_ms(self.history.get(&task).map_or(&[][..], |h| h))
                         .map(|ms| ms.max(super::STUCK_THRESHOLD_FLOOR_MS));
@@ -301,15 +368,32 @@ impl Actor {
                     cancel,
                     events: sender,
                     stuck_after_ms,
+                    started: started.contains(&(index, attempt)),
+                    step_state,
+                    pace: pace_watch,
                 });
             }
             Action::CancelTask { task, attempt } => {
                 if let Some(index) = self.plan.index_of(&task)
-                    && let Some((running, _)) = self.running.get(&index)
-                    && *running == attempt
-                    && let Some((_, canceller)) = self.running.remove(&index)
+                    && self
+                        .running
+                        .get(&index)
+                        .is_some_and(|running| running.attempt == attempt)
+                    && let Some(running) = self.running.remove(&index)
                 {
-                    canceller.cancel();
+                    running.canceller.cancel();
+                }
+            }
+            Action::SetPace {
+                task,
+                attempt,
+                pace,
+            } => {
+                if let Some(index) = self.plan.index_of(&task)
+                    && let Some(running) = self.running.get(&index)
+                    && running.attempt == attempt
+                {
+                    running.pace.set(pace);
                 }
             }
             Action::Notify {
@@ -348,10 +432,10 @@ impl Actor {
     /// Drops the cancellers of attempts that are no longer running in the committed state.
     fn forget_finished(&mut self) {
         let state = &self.state;
-        self.running.retain(|index, (attempt, _)| {
+        self.running.retain(|index, running| {
             matches!(
                 state.tasks[*index].status,
-                engine::TaskStatus::Running { attempt: a, .. } if a == *attempt
+                engine::TaskStatus::Running { attempt: a, .. } if a == running.attempt
             )
         });
     }

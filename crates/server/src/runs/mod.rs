@@ -171,7 +171,7 @@ impl Default for StartRequest {
 #[serde(deny_unknown_fields)]
 pub struct ControlRequest {
     /// `start`, `pause`, `resume`, `abort`, `skip`, `retry`, `override_condition`,
-    /// `override_weak_dep` or `approve`.
+    /// `override_weak_dep`, `approve` or `set_pace`.
     pub control: String,
     /// The task, for task controls.
     #[serde(default)]
@@ -179,6 +179,11 @@ pub struct ControlRequest {
     /// The weak dependency, for `override_weak_dep`.
     #[serde(default)]
     pub dep: Option<String>,
+    /// The new pace, for `set_pace`: for a `ramp`, `{"step": "10%", "wait": "30s"}` (either
+    /// key alone changes only it).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub pace: Option<Value>,
     /// Why: kept in the journal and the audit log. Required.
     pub reason: String,
 }
@@ -227,10 +232,18 @@ fn parse_control(request: &ControlRequest) -> Result<Control, ApiError> {
             })?,
         },
         "approve" => Control::Approve { task: task()? },
+        "set_pace" | "pace" => Control::SetPace {
+            task: task()?,
+            pace: request.pace.clone().ok_or_else(|| {
+                ApiError::bad_request(
+                    "the `set_pace` control needs a `pace`, such as {\"step\": \"10%\", \"wait\": \"30s\"}",
+                )
+            })?,
+        },
         other => {
             return Err(ApiError::bad_request(format!(
                 "unknown control `{other}`; use start, pause, resume, abort, skip, retry, \
-                 override_condition, override_weak_dep or approve"
+                 override_condition, override_weak_dep, approve or set_pace"
             )));
         }
     })
@@ -247,6 +260,7 @@ fn control_name(control: &Control) -> &'static str {
         Control::OverrideCondition { .. } => "override_condition",
         Control::OverrideWeakDep { .. } => "override_weak_dep",
         Control::Approve { .. } => "approve",
+        Control::SetPace { .. } => "set_pace",
     }
 }
 
@@ -519,7 +533,12 @@ impl App {
             caller,
             &format!("run.{}", control_name(&control)),
             id,
-            json!({ "task": request.task, "dep": request.dep, "reason": request.reason }),
+            json!({
+                "task": request.task,
+                "dep": request.dep,
+                "pace": request.pace,
+                "reason": request.reason,
+            }),
         );
         let checked = async {
             caller.require(Role::Operator)?;
@@ -527,6 +546,9 @@ impl App {
             check_reason(&request.reason)?;
             if let Control::Approve { task } = &control {
                 self.check_approver(caller, id, task).await?;
+            }
+            if let Control::SetPace { task, pace } = &control {
+                self.check_pace(id, task, pace).await?;
             }
             Ok::<(), ApiError>(())
         }
@@ -548,6 +570,23 @@ impl App {
         self.send_event(id, Event::Control { by, control }, Some(audit))
             .await?;
         self.run_view(caller, id).await
+    }
+
+    /// A pace is checked by the task's stage before the engine stores it: only a paced stage
+    /// has one, and only values it understands are kept.
+    async fn check_pace(&self, id: &str, task: &str, pace: &Value) -> Result<(), ApiError> {
+        let stored = self
+            .store
+            .load_run(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no run with id `{id}`")))?;
+        let spec = spec_of(&stored)?;
+        let Some(task_spec) = spec.tasks.iter().find(|t| t.plan.id == task) else {
+            return Ok(()); // The engine answers "no such task".
+        };
+        self.stages
+            .validate_pace(&task_spec.plan.stage, pace)
+            .map_err(|error| ApiError::bad_request(format!("task `{task}`: {error}")))
     }
 
     /// The approval stage's rules, checked before the engine sees the approval: the caller

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use levee_engine::runbook::{CheckPhase, CheckSkips, Event, MAX_TASK_TIMEOUT_MS};
 use levee_stages::{
-    CancelToken, Canceller, MAX_OUTPUT_BYTES, OutputSink, StageContext, StageOutcome, StageOutput,
-    Step, StepReporter,
+    CancelToken, Canceller, CheckRunner, MAX_OUTPUT_BYTES, OutputSink, PaceWatch, StageContext,
+    StageOutcome, StageOutput, Step, StepReporter,
 };
 use levee_store::TaskOutput;
 use serde_json::{Value, json};
@@ -45,6 +45,13 @@ pub(crate) struct Attempt {
     pub cancel: CancelToken,
     pub events: mpsc::Sender<Msg>,
     pub stuck_after_ms: Option<u64>,
+    /// `TaskStarted` was committed with the dispatch (an idempotent task without
+    /// pre-conditions): go straight to the stage.
+    pub started: bool,
+    /// What the last committed step recorded, handed back to a paced stage that continues.
+    pub step_state: Value,
+    /// The operator's pace, as it changes.
+    pub pace: PaceWatch,
 }
 
 pub(crate) fn spawn(attempt: Attempt) {
@@ -111,7 +118,8 @@ impl Attempt {
     async fn run(self) {
         let task = self.task().clone();
         let id = task.plan.id.clone();
-        if !self.skip_checks.pre
+        if !self.started
+            && !self.skip_checks.pre
             && let Err(report) = self.evaluate(&task.pre).await
         {
             self.app.metrics.task_ended("check_failed");
@@ -132,13 +140,14 @@ impl Attempt {
             return;
         }
         // Journal, then act: nothing of the stage happens before this is durable.
-        if self
-            .commit(Event::TaskStarted {
-                task: id.clone(),
-                attempt: self.attempt,
-            })
-            .await
-            .is_err()
+        if !self.started
+            && self
+                .commit(Event::TaskStarted {
+                    task: id.clone(),
+                    attempt: self.attempt,
+                })
+                .await
+                .is_err()
         {
             return;
         }
@@ -304,12 +313,16 @@ impl Attempt {
             attempt: self.attempt,
             resume_from: (self.from_step > 0).then(|| Step {
                 index: u64::from(self.from_step - 1),
-                state: Value::Null,
+                state: self.step_state.clone(),
             }),
             cancel: stop,
             deadline: self.deadline(task),
             steps: reporter,
             output: sink.clone(),
+            pace: self.pace.clone(),
+            checks: Arc::new(ServerChecks {
+                app: self.app.clone(),
+            }),
         };
         let mut health = tokio::time::interval_at(
             Instant::now() + Duration::from_millis(HEALTH_CHECK_INTERVAL_MS),
@@ -329,6 +342,7 @@ impl Attempt {
                             task: task.plan.id.clone(),
                             attempt: self.attempt,
                             step,
+                            state: commit.step.state,
                         })
                         .await
                         .map_err(|e| e.message);
@@ -509,6 +523,28 @@ impl Attempt {
             }
         }
         Ok(())
+    }
+}
+
+/// The checks a stage may wait on (`wait` with `until`): the server's and the library's.
+struct ServerChecks {
+    app: Arc<App>,
+}
+
+#[async_trait::async_trait]
+impl CheckRunner for ServerChecks {
+    async fn evaluate(
+        &self,
+        cancel: &CancelToken,
+        check: &str,
+        args: &Value,
+    ) -> levee_stages::CheckOutcome {
+        let spec = CheckSpec {
+            name: check.to_string(),
+            check: check.to_string(),
+            args: args.clone(),
+        };
+        evaluate_check(&self.app, cancel, &spec).await
     }
 }
 

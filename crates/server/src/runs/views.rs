@@ -34,6 +34,14 @@ pub struct TaskView {
     pub attempts: u32,
     /// Steps committed by a paced stage.
     pub step: u32,
+    /// What the last committed step recorded (a ramp's `{"value": 75}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub step_state: Option<Value>,
+    /// The pace an operator set for a paced task (`{"step": "10%", "wait": "30s"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub pace: Option<Value>,
     pub needs: Vec<String>,
     pub after: Vec<String>,
     pub started_at_ms: Option<i64>,
@@ -139,6 +147,8 @@ impl RunView {
                     status: record.status.name().to_string(),
                     attempts: record.attempts,
                     step: record.step,
+                    step_state: (!record.step_state.is_null()).then(|| record.step_state.clone()),
+                    pace: (!record.pace.is_null()).then(|| record.pace.clone()),
                     needs: task.plan.needs.clone(),
                     after: task.plan.after.clone(),
                     started_at_ms: record.started_at_ms,
