@@ -8,6 +8,8 @@
 //! commit is durable.
 
 pub mod conformance;
+mod queue;
+mod rows;
 pub mod sqlite;
 
 use std::collections::HashMap;
