@@ -65,10 +65,20 @@ pub const CONCURRENT_COMMIT_ROUNDS: usize = 5;
 /// Expands to one `#[tokio::test]` per conformance case, each on a fresh store from `$make`:
 /// an async fn returning `(store, guard)`, where `guard` is dropped after the case (a temp
 /// dir, a database to drop; `()` if nothing). Needs `tokio` (with `macros`) in the test crate.
+///
+/// `conformance_tests!(optional: $make)` is for a store on a server that may not be there:
+/// `$make` returns `Option<(store, guard)>`, and a case whose `$make` gives `None` returns at
+/// once. `$make` decides when that is acceptable (never in CI) and says so.
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:path) => {
-        $crate::conformance_tests!(@cases $make;
+        $crate::conformance_tests!(@all required $make);
+    };
+    (optional: $make:path) => {
+        $crate::conformance_tests!(@all optional $make);
+    };
+    (@all $mode:ident $make:path) => {
+        $crate::conformance_tests!(@cases $mode $make;
             ping_and_backend,
             apply_versions_definitions_by_digest,
             apply_creates_machines_and_skips_existing,
@@ -100,15 +110,24 @@ macro_rules! conformance_tests {
             task_output_text_keeps_every_character,
         );
     };
-    (@cases $make:path; $($case:ident),* $(,)?) => {
+    (@cases $mode:ident $make:path; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let (store, guard) = $make().await;
+                let (store, guard) = $crate::conformance_tests!(@make $mode $make);
                 $crate::conformance::$case(store).await;
                 drop(guard);
             }
         )*
+    };
+    (@make required $make:path) => {
+        $make().await
+    };
+    (@make optional $make:path) => {
+        match $make().await {
+            ::std::option::Option::Some(made) => made,
+            ::std::option::Option::None => return,
+        }
     };
 }
 

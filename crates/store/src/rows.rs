@@ -341,7 +341,10 @@ mod tests {
         };
         assert_eq!(FAILED_STATUSES, [failed.name(), stalled.name()]);
         // Every migration's trigger and index spell the same names.
-        let migrations = [include_str!("../migrations/sqlite/0002_runs.sql")];
+        let migrations = [
+            include_str!("../migrations/sqlite/0002_runs.sql"),
+            include_str!("../migrations/postgres/0002_runs.sql"),
+        ];
         for migration in migrations {
             for name in DONE_STATUSES.iter().chain(&FAILED_STATUSES) {
                 assert!(migration.contains(&format!("'{name}'")), "{name}");
