@@ -347,8 +347,9 @@ pub struct TokenCreateArgs {
     /// `machine:ID` or `group:NAME`; without it the token covers every machine.
     #[arg(long, value_name = "SCOPE")]
     pub scope: Option<String>,
-    /// Write the token straight into this store (`sqlite://PATH`) instead of asking a server:
-    /// how the first admin token is made. A running server sees it after a restart.
+    /// Write the token straight into this store (`sqlite://PATH` or `postgres://...`) instead of
+    /// asking a server: how the first admin token is made. A running server sees it after a
+    /// restart.
     #[arg(long, value_name = "URL")]
     pub database: Option<String>,
     #[command(flatten)]
@@ -1380,8 +1381,9 @@ async fn token_create(args: &TokenCreateArgs) -> Outcome {
             args.name
         ))),
         Err(error) => Err(CliError(format!(
-            "cannot create token `{}` in {database}: {error}",
-            args.name
+            "cannot create token `{}` in {}: {error}",
+            args.name,
+            levee_store::postgres::redact_url(database)
         ))),
     }
 }

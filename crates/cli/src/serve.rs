@@ -6,15 +6,21 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use levee_server::{App, AppOptions, SystemClock};
-use levee_store::{DynStore, SqliteStore};
+use levee_store::postgres::redact_url;
+use levee_store::{DynStore, PostgresStore, SqliteStore};
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
     /// Address to listen on. Anything but loopback requires tokens to exist.
     #[arg(long, env = "LEVEE_LISTEN", default_value = "127.0.0.1:7400")]
     pub listen: SocketAddr,
-    /// `sqlite://PATH` (a file, created if missing) or `postgres://...`.
-    #[arg(long, env = "LEVEE_DATABASE", default_value = "sqlite://levee.db")]
+    /// `sqlite://PATH` (a file, created if missing) or `postgres://USER@HOST:PORT/DATABASE`.
+    #[arg(
+        long,
+        env = "LEVEE_DATABASE",
+        default_value = "sqlite://levee.db",
+        hide_env_values = true
+    )]
     pub database: String,
     /// Serve this state machine file at `/state` (StateService's format or `kind: StateMachine`).
     #[arg(long)]
@@ -35,14 +41,22 @@ pub async fn open_store(url: &str) -> anyhow::Result<DynStore> {
             .with_context(|| format!("cannot open the store at {url}"))?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        anyhow::bail!("PostgreSQL stores are not available in this version yet; use sqlite://PATH")
+        let store = PostgresStore::connect(url)
+            .await
+            .with_context(|| format!("cannot open the store at {}", redact_url(url)))?;
+        Ok(Arc::new(store))
     } else {
-        anyhow::bail!("unknown database URL `{url}`: use sqlite://PATH or postgres://...")
+        anyhow::bail!(
+            "unknown database URL `{}`: use sqlite://PATH or postgres://...",
+            redact_url(url)
+        )
     }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = open_store(&args.database).await?;
+    // The URL as messages show it: a PostgreSQL URL may carry a password.
+    let database = redact_url(&args.database);
     let webhooks = levee_server::webhooks::WebhookConfig {
         urls: args.webhooks.clone(),
         secret: args.webhook_secret.clone(),
@@ -70,13 +84,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                  change state. Create an admin token first:\n  levee token create admin --role \
                  admin --database {}\nthen restart, or listen on 127.0.0.1 for a local trial",
                 args.listen,
-                args.database
+                database
             );
         }
         tracing::warn!(
             "authentication is off (no tokens exist): anyone on this machine can change state; \
              create one with `levee token create NAME --role admin --database {}`",
-            args.database
+            database
         );
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -85,7 +99,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(
         address = %format!("http://{local}"),
-        store = %args.database,
+        store = %database,
         machines = app.cached_count(),
         "Levee is serving"
     );

@@ -1,6 +1,6 @@
 //! Black-box tests of the `levee` binary: each test runs real `levee` processes, and those that
 //! need a server start `levee serve` on a free loopback port with its own SQLite file in its
-//! own temporary directory.
+//! own temporary directory (one test uses a PostgreSQL database of its own instead).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -137,16 +137,22 @@ impl Server {
     /// Starts a server on a free port with the store `levee.db` in `dir`, and waits until it
     /// answers `/healthz`.
     fn start(dir: &Path) -> Server {
+        let database = format!("sqlite://{}", dir.join("levee.db").display());
+        Server::start_on(dir, &database)
+    }
+
+    /// Starts a server on a free port with the store at `database`, logging to `dir`, and
+    /// waits until it answers `/healthz`.
+    fn start_on(dir: &Path, database: &str) -> Server {
         let port = free_port();
         let log = std::fs::File::create(dir.join("server.log")).expect("create the server log");
-        let database = format!("sqlite://{}", dir.join("levee.db").display());
         let child = levee_command(dir)
             .args([
                 "serve",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--database",
-                &database,
+                database,
             ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))
@@ -459,6 +465,128 @@ fn check_and_advance_answer_with_exit_codes() {
     assert_eq!(run.code, 0, "{run:?}");
     let run = server.levee(&["state", "show", "vm-1", "--output", "json"]);
     assert_eq!(run.json()["version"], 2, "{run:?}");
+}
+
+/// Where the tests' PostgreSQL server is, as the store tests take it.
+const POSTGRES_URL_ENV: &str = "LEVEE_TEST_POSTGRES_URL";
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A PostgreSQL database of one test, created and dropped with `psql` (what CI installs with
+/// the server), so this crate needs no database client of its own.
+struct PostgresDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl PostgresDatabase {
+    fn psql(url: &str, sql: &str) -> Result<(), String> {
+        let output = Command::new("psql")
+            .args(["-w", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|error| format!("cannot run psql: {error}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+        }
+    }
+
+    /// A new database, or `None` when there is no server to make it on, which fails the
+    /// test if `CI` is set.
+    fn create() -> Option<PostgresDatabase> {
+        let admin_url =
+            std::env::var(POSTGRES_URL_ENV).unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_string());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!("levee_cli_test_{}_{nanos}", std::process::id());
+        match PostgresDatabase::psql(&admin_url, &format!("CREATE DATABASE \"{name}\"")) {
+            Ok(()) => Some(PostgresDatabase { admin_url, name }),
+            Err(error) => {
+                let help = format!(
+                    "no PostgreSQL at {admin_url} ({error}); `bash .ci/run` installs and starts \
+                     it, or set {POSTGRES_URL_ENV}"
+                );
+                assert!(std::env::var_os("CI").is_none(), "{help}");
+                let _ = writeln!(std::io::stderr(), "SKIPPING a PostgreSQL test: {help}");
+                None
+            }
+        }
+    }
+
+    /// The database's URL: the server's, with this database.
+    fn url(&self) -> String {
+        let (base, query) = match self.admin_url.split_once('?') {
+            Some((base, query)) => (base, format!("?{query}")),
+            None => (self.admin_url.as_str(), String::new()),
+        };
+        let authority = base.find("://").map_or(0, |i| i + 3);
+        let base = match base[authority..].find('/') {
+            Some(slash) => &base[..authority + slash],
+            None => base,
+        };
+        format!("{base}/{}{query}", self.name)
+    }
+}
+
+impl Drop for PostgresDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        if let Err(error) = PostgresDatabase::psql(&self.admin_url, &sql) {
+            eprintln!("could not drop the test database {}: {error}", self.name);
+        }
+    }
+}
+
+/// `levee serve --database postgres://...`: state reported through one server is there for
+/// the next one on the same database, and a token created offline in it is required by both.
+#[test]
+fn serve_keeps_its_state_in_postgres() {
+    let Some(database) = PostgresDatabase::create() else {
+        return;
+    };
+    let url = database.url();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = levee_in(
+        dir.path(),
+        &[],
+        &[
+            "token",
+            "create",
+            "admin",
+            "--role",
+            "admin",
+            "--database",
+            &url,
+        ],
+    );
+    assert_eq!(token.code, 0, "{token:?}");
+    let secret = token.stdout.trim().to_string();
+    assert!(secret.starts_with("lvt_"), "{token:?}");
+
+    let server = Server::start_on(dir.path(), &url);
+    write_file(dir.path(), "deploy.yaml", DEPLOY_YAML);
+    let run = server.levee(&["apply", "deploy.yaml"]);
+    assert_ne!(
+        run.code, 0,
+        "tokens exist, so a request without one is refused: {run:?}"
+    );
+    let run = server.levee_as(&secret, &["apply", "deploy.yaml"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = server.levee_as(&secret, &["state", "advance", "vm-1", "installing"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    drop(server);
+
+    let server = Server::start_on(dir.path(), &url);
+    let run = server.levee_as(&secret, &["state", "show", "vm-1", "--output", "json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let shown = run.json();
+    assert_eq!(
+        (shown["state"].as_str(), shown["version"].as_i64()),
+        (Some("configured"), Some(2)),
+        "{run:?}"
+    );
 }
 
 #[test]

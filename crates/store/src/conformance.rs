@@ -65,10 +65,20 @@ pub const CONCURRENT_COMMIT_ROUNDS: usize = 5;
 /// Expands to one `#[tokio::test]` per conformance case, each on a fresh store from `$make`:
 /// an async fn returning `(store, guard)`, where `guard` is dropped after the case (a temp
 /// dir, a database to drop; `()` if nothing). Needs `tokio` (with `macros`) in the test crate.
+///
+/// `conformance_tests!(optional: $make)` is for a store on a server that may not be there:
+/// `$make` returns `Option<(store, guard)>`, and a case whose `$make` gives `None` returns at
+/// once. `$make` decides when that is acceptable (never in CI) and says so.
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:path) => {
-        $crate::conformance_tests!(@cases $make;
+        $crate::conformance_tests!(@all required $make);
+    };
+    (optional: $make:path) => {
+        $crate::conformance_tests!(@all optional $make);
+    };
+    (@all $mode:ident $make:path) => {
+        $crate::conformance_tests!(@cases $mode $make;
             ping_and_backend,
             apply_versions_definitions_by_digest,
             apply_creates_machines_and_skips_existing,
@@ -94,17 +104,30 @@ macro_rules! conformance_tests {
             task_durations_are_newest_first_and_limited_per_task,
             settings_round_trip_with_audit,
             a_run_of_ten_thousand_tasks_creates_and_loads_whole,
+            a_decision_that_breaks_the_version_rule_is_refused,
+            ids_and_names_sort_by_their_bytes,
+            json_round_trips_as_given,
+            task_output_text_keeps_every_character,
         );
     };
-    (@cases $make:path; $($case:ident),* $(,)?) => {
+    (@cases $mode:ident $make:path; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let (store, guard) = $make().await;
+                let (store, guard) = $crate::conformance_tests!(@make $mode $make);
                 $crate::conformance::$case(store).await;
                 drop(guard);
             }
         )*
+    };
+    (@make required $make:path) => {
+        $make().await
+    };
+    (@make optional $make:path) => {
+        match $make().await {
+            ::std::option::Option::Some(made) => made,
+            ::std::option::Option::None => return,
+        }
     };
 }
 
@@ -2016,5 +2039,202 @@ pub async fn a_run_of_ten_thousand_tasks_creates_and_loads_whole<S: Store>(store
         .await
         .unwrap();
     assert_eq!(again, CreatedRun::Existing(stored));
+    store.close().await;
+}
+
+/// Changes that would corrupt the record's compare-and-set version, or land on another
+/// machine, are bugs in the decision: the call fails and nothing is written.
+pub async fn a_decision_that_breaks_the_version_rule_is_refused<S: Store>(store: S) {
+    let web = Arc::new(linear_def("web"));
+    create_machines(&store, &web, &[("m1", None), ("m2", None)]).await;
+    // A real report's change, then tampered with.
+    let tampered = |tamper: fn(&mut Change)| -> MachineOp {
+        let mut op = report_op(&web, "m1", "a", None, None);
+        let decide = op.decide;
+        op.decide = Box::new(move |ctx| {
+            let mut change = decide(ctx)?;
+            tamper(&mut change);
+            Ok(change)
+        });
+        op
+    };
+    let skips_a_version = tampered(|change| change.record.version += 1);
+    let result = store.run(vec![skips_a_version]).await;
+    assert!(matches!(result, Err(Error::Corrupt(_))), "{result:?}");
+    let other_machine = tampered(|change| change.record.id = "m2".to_string());
+    let result = store.run(vec![other_machine]).await;
+    assert!(matches!(result, Err(Error::Corrupt(_))), "{result:?}");
+    let other_history = tampered(|change| change.history[0].machine = "m2".to_string());
+    let result = store.run(vec![other_history]).await;
+    assert!(matches!(result, Err(Error::Corrupt(_))), "{result:?}");
+    for id in ["m1", "m2"] {
+        assert_eq!(record(&store, id).await.version, 1);
+        assert_eq!(store.history(id, 0, 10).await.unwrap().len(), 1);
+    }
+    // Untampered, the same report goes through.
+    let fine = store.run(vec![tampered(|_| {})]).await.unwrap();
+    assert!(matches!(fine[0], OpOutcome::Applied(_)), "{fine:?}");
+    store.close().await;
+}
+
+/// Ids and names are compared as bytes, the way Rust compares strings, whatever the
+/// database's locale would do with case, punctuation or accents: listings and their cursors
+/// agree between stores and with the server's own sorting.
+pub async fn ids_and_names_sort_by_their_bytes<S: Store>(store: S) {
+    let ids = [
+        "b",
+        "B",
+        "a-1",
+        "a_1",
+        "a1",
+        "A",
+        "a",
+        "a.1",
+        "\u{e9}t\u{e9}",
+        "Z9",
+    ];
+    let mut sorted: Vec<&str> = ids.to_vec();
+    sorted.sort_unstable();
+
+    let sleepy = timer_def("sleepy", 1_000);
+    let changes = ids
+        .iter()
+        .map(|id| new_instance(&sleepy, id, Some("g"), NOW_MS, "tester"))
+        .collect();
+    let mut definitions: Vec<NewDefinition> = ["b", "B", "a-1", "a_1"]
+        .iter()
+        .map(|name| new_definition(&timer_def(name, 1_000), name))
+        .collect();
+    definitions.push(new_definition(&sleepy, "s1"));
+    store
+        .apply(definitions, changes, vec![])
+        .await
+        .expect("apply machines with every kind of id");
+
+    let listed: Vec<String> = store
+        .machines(&MachineFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, sorted, "machines by id, as bytes");
+    let after_upper_a: Vec<String> = store
+        .machines(&MachineFilter {
+            after_id: Some("A".to_string()),
+            limit: 3,
+            ..MachineFilter::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        after_upper_a,
+        sorted[1..4].to_vec(),
+        "the cursor compares bytes too"
+    );
+    // Every timer is due at the same time: ties break by id, as bytes.
+    assert_eq!(
+        store.due_timers(NOW_MS + 1_000, 100).await.unwrap(),
+        sorted,
+        "due timers, ties by id"
+    );
+    let names: Vec<String> = store
+        .definitions(Some(STATE_MACHINE))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, vec!["B", "a-1", "a_1", "b", "sleepy"]);
+
+    // Runs created at one time are listed by id, descending, as bytes.
+    for id in ["r-b", "r-B", "r_a", "r-a"] {
+        create_test_run(
+            &store,
+            &TestRun::new(id, wide_plan(1), NOW_MS),
+            None,
+            "deploy",
+        )
+        .await;
+    }
+    let runs = store.runs(&RunFilter::default()).await.unwrap();
+    assert_eq!(run_ids(&runs), vec!["r_a", "r-b", "r-a", "r-B"]);
+    store.close().await;
+}
+
+/// JSON the store keeps comes back equal to what was given: numbers of every kind, nesting,
+/// escapes and key order that a database's own JSON type would normalise.
+pub async fn json_round_trips_as_given<S: Store>(store: S) {
+    let awkward = json!({
+        "zeta": 1,
+        "alpha": [0.1, 1e-7, -2.5e300, 18_446_744_073_709_551_615_u64, i64::MIN, 0, -0.0],
+        "quote\"and\\slash": "tab\tnew\nline \u{1f30a} \u{0} nul",
+        "nested": { "b": null, "a": [true, false, {}, []] },
+        "": ""
+    });
+    let mut def = new_definition(&linear_def("web"), "d1");
+    def.compiled = awkward.clone();
+    let applied = store.apply(vec![def], vec![], vec![]).await.unwrap();
+    assert_eq!(applied.definitions[0].0.compiled, awkward);
+    let stored = store
+        .definition(STATE_MACHINE, "web")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.compiled, awkward, "a definition's compiled JSON");
+
+    let mut entry = audit_entry("ops", "test.json", "json");
+    entry.detail = awkward.clone();
+    entry.outcome = "ok".to_string();
+    store.audit(entry.clone()).await.unwrap();
+    let filter = AuditFilter {
+        target: Some("json".to_string()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(store.audit_log(&filter).await.unwrap()[0].entry, entry);
+
+    store
+        .set_setting("json", awkward.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(store.setting("json").await.unwrap(), Some(awkward.clone()));
+
+    let run = TestRun::new("run-json", diamond_plan(), NOW_MS);
+    let mut new = run.new_run(None, "deploy");
+    new.params = awkward.clone();
+    new.spec = json!({ "tasks": awkward });
+    store.create_run(new.clone(), None).await.unwrap();
+    let loaded = loaded(&store, "run-json").await;
+    assert_eq!((loaded.params, loaded.spec), (new.params, new.spec));
+    store.close().await;
+}
+
+/// A task's output is whatever the program printed: control characters, U+0000 and all.
+pub async fn task_output_text_keeps_every_character<S: Store>(store: S) {
+    let mut run = TestRun::new("run-1", diamond_plan(), NOW_MS);
+    create_test_run(&store, &run, None, "deploy").await;
+    run.step(&store, control(Control::Start), NOW_MS + 1).await;
+    let change = run.decide(
+        &Event::TaskStarted {
+            task: "a".to_string(),
+            attempt: 1,
+        },
+        NOW_MS + 2,
+    );
+    let mut commit = run.commit_of(change.clone());
+    let printed = output(
+        "a",
+        1,
+        "find -print0: a\0b\0\r\n\u{1b}[31mred\u{1b}[0m \u{7f} \u{fffd} \u{1f30a}\n",
+    );
+    commit.outputs = vec![printed.clone()];
+    store.commit_run(commit).await.unwrap();
+    assert_eq!(
+        store.task_outputs("run-1", "a").await.unwrap(),
+        vec![printed]
+    );
     store.close().await;
 }

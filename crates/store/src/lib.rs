@@ -8,6 +8,9 @@
 //! commit is durable.
 
 pub mod conformance;
+pub mod postgres;
+mod queue;
+mod rows;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -17,6 +20,7 @@ use levee_engine::runbook::{Change as RunChange, JournalEntry, RunState, RunStat
 use levee_engine::{Change, HistoryEntry, MachineRecord, Refusal};
 use serde::{Deserialize, Serialize};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -32,8 +32,10 @@ use self::runs::{
     RUN_SUMMARY_COLUMNS, duration_from_row, journal_from_row, load_run, output_from_row,
     run_summary_from_row, setting_from_text,
 };
-pub use self::writer::{GROUP_COMMIT_MAX_OPS, WRITE_QUEUE_CAPACITY};
-use self::writer::{Request, Write, Writer};
+use self::writer::Writer;
+pub use crate::queue::{GROUP_COMMIT_MAX_OPS, WRITE_QUEUE_CAPACITY};
+use crate::queue::{Request, Write};
+use crate::rows::page_limit;
 use crate::{
     Applied, AuditEntry, AuditFilter, AuditRecord, CreatedRun, DefinitionRecord, Error,
     JournalRecord, MAX_PAGE_ROWS, MachineFilter, MachineOp, NewDefinition, NewRun, OpOutcome,
@@ -205,15 +207,6 @@ async fn sync_parent_directory(path: &Path) -> Result<()> {
             "sync the database directory: {error}"
         ))),
     }
-}
-
-/// `limit` as the listing functions take it: 0 or too large means [`MAX_PAGE_ROWS`].
-fn page_limit(limit: u32) -> i64 {
-    i64::from(if limit == 0 {
-        MAX_PAGE_ROWS
-    } else {
-        limit.min(MAX_PAGE_ROWS)
-    })
 }
 
 impl SqliteStore {
@@ -708,12 +701,5 @@ mod tests {
             let error = path_from_url(url).unwrap_err();
             assert!(matches!(error, Error::Unavailable(_)), "{url}: {error}");
         }
-    }
-
-    #[test]
-    fn page_limits_are_bounded() {
-        assert_eq!(page_limit(0), i64::from(MAX_PAGE_ROWS));
-        assert_eq!(page_limit(7), 7);
-        assert_eq!(page_limit(u32::MAX), i64::from(MAX_PAGE_ROWS));
     }
 }

@@ -3,10 +3,10 @@
 //! Column lists live here, next to the code that reads them by name, so a reader and the
 //! writer cannot disagree on what a `machines` row holds.
 
-use levee_engine::{HistoryEntry, HistoryKind, MachineRecord};
-use sqlx::Row;
+use levee_engine::{HistoryEntry, MachineRecord};
 use sqlx::sqlite::SqliteRow;
 
+use crate::rows::{column, corrupt, history_kind_from_name, json_column};
 use crate::{AuditEntry, AuditRecord, DefinitionRecord, Error, Result, TokenRecord};
 
 /// Most `?` parameters SQLite accepts in one statement (`SQLITE_MAX_VARIABLE_NUMBER`, the
@@ -76,53 +76,6 @@ pub(crate) fn is_not_a_database(error: &sqlx::Error) -> bool {
         }
         _ => false,
     }
-}
-
-fn corrupt(what: impl std::fmt::Display, error: impl std::fmt::Display) -> Error {
-    Error::Corrupt(format!("{what}: {error}"))
-}
-
-fn column<'r, T>(row: &'r SqliteRow, table: &str, name: &str) -> Result<T>
-where
-    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
-{
-    row.try_get(name)
-        .map_err(|e| corrupt(format_args!("{table}.{name}"), e))
-}
-
-fn json_column<T: serde::de::DeserializeOwned>(
-    text: &str,
-    what: impl std::fmt::Display,
-) -> Result<T> {
-    serde_json::from_str(text)
-        .map_err(|e| corrupt(what, format_args!("stored JSON does not parse: {e}")))
-}
-
-/// The stored spelling of a history kind: the engine's serde name. The match is exhaustive on
-/// purpose, so a new kind in the engine does not compile here until it has a stored name.
-pub(crate) fn history_kind_name(kind: HistoryKind) -> &'static str {
-    match kind {
-        HistoryKind::Created => "created",
-        HistoryKind::Counted => "counted",
-        HistoryKind::Transition => "transition",
-        HistoryKind::Timer => "timer",
-        HistoryKind::ReplayStarted => "replay_started",
-        HistoryKind::ReplayStep => "replay_step",
-        HistoryKind::ReplayFinished => "replay_finished",
-    }
-}
-
-fn history_kind_from_name(name: &str) -> Option<HistoryKind> {
-    Some(match name {
-        "created" => HistoryKind::Created,
-        "counted" => HistoryKind::Counted,
-        "transition" => HistoryKind::Transition,
-        "timer" => HistoryKind::Timer,
-        "replay_started" => HistoryKind::ReplayStarted,
-        "replay_step" => HistoryKind::ReplayStep,
-        "replay_finished" => HistoryKind::ReplayFinished,
-        _ => return None,
-    })
 }
 
 fn counter(value: i64, what: impl std::fmt::Display) -> Result<u32> {
@@ -243,25 +196,6 @@ pub(crate) fn values_placeholders(rows: usize, columns: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn history_kind_names_match_the_engine_serde_names() {
-        let kinds = [
-            HistoryKind::Created,
-            HistoryKind::Counted,
-            HistoryKind::Transition,
-            HistoryKind::Timer,
-            HistoryKind::ReplayStarted,
-            HistoryKind::ReplayStep,
-            HistoryKind::ReplayFinished,
-        ];
-        for kind in kinds {
-            let serde_name = serde_json::to_value(kind).unwrap();
-            assert_eq!(serde_name, history_kind_name(kind), "{kind:?}");
-            assert_eq!(history_kind_from_name(history_kind_name(kind)), Some(kind));
-        }
-        assert_eq!(history_kind_from_name("exploded"), None);
-    }
 
     #[test]
     fn placeholders_cover_every_row_and_column() {

@@ -10,14 +10,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use levee_engine::runbook::{
-    Change as RunChange, JournalEntry, RunRecord, RunState, RunStatus, TaskRecord,
-};
+use levee_engine::runbook::{RunRecord, RunState, RunStatus, TaskRecord};
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{Connection, Row};
 
 use super::codec::{SQLITE_MAX_VARIABLES, db_error, values_placeholders};
-use super::writer::push_audit;
+use crate::queue::push_audit;
+use crate::rows::{
+    JournalRow, OutputRow, RunSlot, TaskCounts, TaskRow, check_commit, column, corrupt, count,
+    encode, json_column, run_status_from_name,
+};
 use crate::{
     AuditEntry, CreatedRun, Error, JournalRecord, NewRun, Result, RunCommit, RunSummary, StoredRun,
     TaskDuration, TaskOutput,
@@ -45,54 +47,6 @@ const JOURNAL_COLUMN_COUNT: usize = 7;
 
 const OUTPUT_COLUMNS: &str = "run_id, task, attempt, at_ms, outcome, text, cut_bytes, data";
 const OUTPUT_COLUMN_COUNT: usize = 8;
-
-/// Task statuses counted as done (succeeded or skipped), running, and failed (failed, or
-/// stalled waiting for a human). The `run_tasks_count` trigger of migration 0002 uses the same
-/// names; a test checks they are the engine's.
-const DONE_STATUSES: [&str; 2] = ["succeeded", "skipped"];
-const RUNNING_STATUS: &str = "running";
-const FAILED_STATUSES: [&str; 2] = ["failed", "stalled"];
-
-fn corrupt(what: impl std::fmt::Display, error: impl std::fmt::Display) -> Error {
-    Error::Corrupt(format!("{what}: {error}"))
-}
-
-fn column<'r, T>(row: &'r SqliteRow, table: &str, name: &str) -> Result<T>
-where
-    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
-{
-    row.try_get(name)
-        .map_err(|e| corrupt(format_args!("{table}.{name}"), e))
-}
-
-fn json_column<T: serde::de::DeserializeOwned>(
-    text: &str,
-    what: impl std::fmt::Display,
-) -> Result<T> {
-    serde_json::from_str(text)
-        .map_err(|e| corrupt(what, format_args!("stored JSON does not parse: {e}")))
-}
-
-fn encode<T: serde::Serialize + ?Sized>(value: &T, what: impl std::fmt::Display) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
-}
-
-fn count(value: i64, what: impl std::fmt::Display) -> Result<u32> {
-    u32::try_from(value).map_err(|_| corrupt(what, format_args!("count {value} is out of range")))
-}
-
-/// A stored run status name back to the engine's status.
-fn run_status_from_name(name: &str) -> Option<RunStatus> {
-    Some(match name {
-        "pending" => RunStatus::Pending,
-        "running" => RunStatus::Running,
-        "paused" => RunStatus::Paused,
-        "succeeded" => RunStatus::Succeeded,
-        "failed" => RunStatus::Failed,
-        "aborted" => RunStatus::Aborted,
-        _ => return None,
-    })
-}
 
 fn run_status(row: &SqliteRow, id: &str) -> Result<RunStatus> {
     let status: String = column(row, "runs", "status")?;
@@ -240,138 +194,6 @@ pub(crate) fn duration_from_row(row: &SqliteRow) -> Result<TaskDuration> {
     })
 }
 
-/// How many tasks are done, running and failed, as the `runs` counters keep them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct TaskCounts {
-    done: i64,
-    running: i64,
-    failed: i64,
-}
-
-impl TaskCounts {
-    fn of(tasks: &[TaskRecord]) -> TaskCounts {
-        let mut counts = TaskCounts::default();
-        for task in tasks {
-            let name = task.status.name();
-            if DONE_STATUSES.contains(&name) {
-                counts.done += 1;
-            } else if name == RUNNING_STATUS {
-                counts.running += 1;
-            } else if FAILED_STATUSES.contains(&name) {
-                counts.failed += 1;
-            }
-        }
-        counts
-    }
-}
-
-/// A `run_tasks` row, encoded.
-struct TaskRow {
-    run_id: String,
-    idx: i64,
-    task_id: String,
-    status: &'static str,
-    started_at_ms: Option<i64>,
-    finished_at_ms: Option<i64>,
-    record: String,
-}
-
-impl TaskRow {
-    fn encode(run_id: &str, index: usize, record: &TaskRecord) -> Result<TaskRow> {
-        let idx = i64::try_from(index).map_err(|_| {
-            Error::Corrupt(format!(
-                "run `{run_id}`: task index {index} is out of range"
-            ))
-        })?;
-        Ok(TaskRow {
-            run_id: run_id.to_string(),
-            idx,
-            task_id: record.id.clone(),
-            status: record.status.name(),
-            started_at_ms: record.started_at_ms,
-            finished_at_ms: record.finished_at_ms,
-            record: encode(record, format_args!("run `{run_id}` task `{}`", record.id))?,
-        })
-    }
-}
-
-/// A `run_journal` row, encoded; its seq is assigned by the insert.
-struct JournalRow {
-    run_id: String,
-    version: i64,
-    at_ms: i64,
-    task: Option<String>,
-    actor: String,
-    kind: String,
-    entry: String,
-}
-
-impl JournalRow {
-    fn encode(run_id: &str, entry: JournalEntry) -> Result<JournalRow> {
-        let what = format_args!("run `{run_id}` journal entry");
-        let value = serde_json::to_value(&entry).map_err(|e| corrupt(what, e))?;
-        // The kind's serde name, so the column and the JSON never disagree.
-        let kind = value
-            .get("kind")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        Ok(JournalRow {
-            run_id: run_id.to_string(),
-            entry: encode(&value, what)?,
-            version: entry.version,
-            at_ms: entry.at_ms,
-            task: entry.task,
-            actor: entry.actor,
-            kind,
-        })
-    }
-}
-
-/// A `task_outputs` row, encoded.
-struct OutputRow {
-    run_id: String,
-    cut_bytes: i64,
-    data: String,
-    output: TaskOutput,
-}
-
-impl OutputRow {
-    fn encode(run_id: &str, output: TaskOutput) -> Result<OutputRow> {
-        let what = format!(
-            "run `{run_id}` output of task `{}` attempt {}",
-            output.task, output.attempt
-        );
-        let cut_bytes = i64::try_from(output.cut_bytes).map_err(|_| {
-            Error::Corrupt(format!(
-                "{what}: cut_bytes {} is too large",
-                output.cut_bytes
-            ))
-        })?;
-        Ok(OutputRow {
-            run_id: run_id.to_string(),
-            cut_bytes,
-            data: encode(&output.data, &what)?,
-            output,
-        })
-    }
-}
-
-/// What the batch knows about one run.
-#[derive(Clone, Copy)]
-enum RunSlot {
-    Missing,
-    Present { version: i64, tasks: usize },
-}
-
-/// Commits checked and encoded, not yet written.
-struct Checked {
-    run: RunRecord,
-    tasks: Vec<TaskRow>,
-    journal: Vec<JournalRow>,
-    outputs: Vec<OutputRow>,
-}
-
 /// The runs part of an open write transaction: the version overlay and the rows to write.
 #[derive(Default)]
 pub(crate) struct RunBatch {
@@ -448,7 +270,8 @@ impl RunBatch {
             outputs,
             audits,
         } = commit;
-        let checked = self.check(&run_id, expected_version, change, outputs)?;
+        let slot = self.slots.get(&run_id).copied();
+        let checked = check_commit(slot, &run_id, expected_version, change, outputs)?;
         if let Some(RunSlot::Present { version, .. }) = self.slots.get_mut(&run_id) {
             *version = checked.run.version;
         }
@@ -460,63 +283,6 @@ impl RunBatch {
         self.rows.insert(run_id, checked.run);
         audit.extend(audits);
         Ok(())
-    }
-
-    fn check(
-        &self,
-        run_id: &str,
-        expected_version: i64,
-        change: RunChange,
-        outputs: Vec<TaskOutput>,
-    ) -> Result<Checked> {
-        let Some(RunSlot::Present { version, tasks }) = self.slots.get(run_id).copied() else {
-            return Err(Error::Conflict(format!(
-                "run `{run_id}` does not exist; the change was not committed"
-            )));
-        };
-        if version != expected_version {
-            return Err(Error::Conflict(format!(
-                "run `{run_id}` is at version {version}, not {expected_version}: it changed \
-                 after the change was decided, which was not committed"
-            )));
-        }
-        let RunChange {
-            run,
-            tasks: changed,
-            journal,
-        } = change;
-        if run.version < expected_version {
-            return Err(Error::Corrupt(format!(
-                "run `{run_id}`: a change decided at version {expected_version} would move it \
-                 back to version {}",
-                run.version
-            )));
-        }
-        if run.max_parallel == 0 {
-            return Err(Error::Corrupt(format!(
-                "run `{run_id}`: a change sets max_parallel to 0"
-            )));
-        }
-        if let Some((index, _)) = changed.iter().find(|(index, _)| *index >= tasks) {
-            return Err(Error::Corrupt(format!(
-                "run `{run_id}` has {tasks} tasks; a change names task index {index}"
-            )));
-        }
-        Ok(Checked {
-            tasks: changed
-                .iter()
-                .map(|(index, record)| TaskRow::encode(run_id, *index, record))
-                .collect::<Result<_>>()?,
-            journal: journal
-                .into_iter()
-                .map(|entry| JournalRow::encode(run_id, entry))
-                .collect::<Result<_>>()?,
-            outputs: outputs
-                .into_iter()
-                .map(|output| OutputRow::encode(run_id, output))
-                .collect::<Result<_>>()?,
-            run,
-        })
     }
 
     /// Creates a run, or finds the one that already has its name. Runs at once (not at
@@ -812,7 +578,7 @@ pub(crate) fn setting_from_text(key: &str, text: &str) -> Result<serde_json::Val
 
 #[cfg(test)]
 mod tests {
-    use levee_engine::runbook::{Control, StallCause, TaskStatus};
+    use levee_engine::runbook::Control;
     use sqlx::sqlite::SqliteConnectOptions;
 
     use super::*;
@@ -896,49 +662,5 @@ mod tests {
         let summary = &store.runs(&crate::RunFilter::default()).await.unwrap()[0];
         assert_eq!((summary.tasks_running, summary.version), (3, 3));
         store.close().await;
-    }
-
-    #[test]
-    fn counted_status_names_are_the_engine_names() {
-        assert_eq!(
-            DONE_STATUSES,
-            [TaskStatus::Succeeded.name(), TaskStatus::Skipped.name()]
-        );
-        let running = TaskStatus::Running {
-            attempt: 1,
-            started_at_ms: 0,
-            in_flight: false,
-        };
-        assert_eq!(RUNNING_STATUS, running.name());
-        let failed = TaskStatus::Failed {
-            error: String::new(),
-        };
-        let stalled = TaskStatus::Stalled {
-            cause: StallCause::TimedOut,
-            reason: String::new(),
-        };
-        assert_eq!(FAILED_STATUSES, [failed.name(), stalled.name()]);
-        // The migration's trigger and index spell the same names.
-        let migration = include_str!("../../migrations/sqlite/0002_runs.sql");
-        for name in DONE_STATUSES.iter().chain(&FAILED_STATUSES) {
-            assert!(migration.contains(&format!("'{name}'")), "{name}");
-        }
-        assert!(migration.contains(&format!("'{RUNNING_STATUS}'")));
-    }
-
-    #[test]
-    fn run_status_names_round_trip() {
-        for status in [
-            RunStatus::Pending,
-            RunStatus::Running,
-            RunStatus::Paused,
-            RunStatus::Succeeded,
-            RunStatus::Failed,
-            RunStatus::Aborted,
-        ] {
-            assert_eq!(serde_json::to_value(status).unwrap(), status.name());
-            assert_eq!(run_status_from_name(status.name()), Some(status));
-        }
-        assert_eq!(run_status_from_name("exploded"), None);
     }
 }

@@ -16,144 +16,29 @@
 //! against an overlay of run versions, so commits of one run in one batch chain up, and one
 //! that fails its check is answered `Conflict` without failing the rest of the batch.
 
-use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use levee_engine::{Change, HistoryEntry, MachineRecord};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{ConnectOptions, Connection, Row};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::codec::{
     AUDIT_COLUMN_COUNT, AUDIT_COLUMNS, DEFINITION_COLUMNS, HISTORY_COLUMN_COUNT, HISTORY_COLUMNS,
     MACHINE_COLUMN_COUNT, MACHINE_COLUMNS, SQLITE_MAX_VARIABLES, db_error, definition_from_row,
-    history_from_row, history_kind_name, machine_from_row, values_placeholders,
+    history_from_row, machine_from_row, values_placeholders,
 };
 use super::runs::{RunBatch, write_setting};
-use crate::{
-    Applied, AuditEntry, CreatedRun, DefinitionRecord, Error, MachineOp, NewDefinition, NewRun,
-    OpContext, OpOutcome, Result, RunCommit, TokenRecord,
+use crate::queue::{
+    GROUP_COMMIT_MAX_OPS, NOT_FOUND, Reply, Request, Write, check_change, named_machines,
+    named_runs, panic_message, push_audit,
 };
-
-/// Requests that may wait for the writer before senders are made to wait too. Bounded so a
-/// flood of writes applies back-pressure to callers instead of growing memory.
-pub const WRITE_QUEUE_CAPACITY: usize = 4_096;
-
-/// Most ops (machine ops, definitions and machines of an apply, or one per other request)
-/// taken into one transaction. Bounds the time one commit holds the write lock and the memory
-/// of one batch; a single request larger than this still forms a batch of its own.
-pub const GROUP_COMMIT_MAX_OPS: usize = 1_024;
-
-pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
-
-/// A write waiting for the writer, with where to send its answer.
-pub(crate) enum Write {
-    Run {
-        ops: Vec<MachineOp>,
-        reply: Reply<Vec<OpOutcome>>,
-    },
-    Apply {
-        definitions: Vec<NewDefinition>,
-        machines: Vec<Change>,
-        audits: Vec<AuditEntry>,
-        reply: Reply<Applied>,
-    },
-    Audit {
-        entry: AuditEntry,
-        reply: Reply<()>,
-    },
-    CreateToken {
-        token: TokenRecord,
-        audit: Option<AuditEntry>,
-        reply: Reply<()>,
-    },
-    RevokeToken {
-        name: String,
-        at_ms: i64,
-        audit: Option<AuditEntry>,
-        reply: Reply<bool>,
-    },
-    /// Proves the writer can take the write lock; writes nothing.
-    Ping {
-        reply: Reply<()>,
-    },
-    /// Boxed: a run carries every task record, and most writes are far smaller.
-    CreateRun {
-        run: Box<NewRun>,
-        audit: Option<AuditEntry>,
-        reply: Reply<CreatedRun>,
-    },
-    CommitRun {
-        commit: Box<RunCommit>,
-        reply: Reply<()>,
-    },
-    SetSetting {
-        key: String,
-        value: serde_json::Value,
-        audit: Option<AuditEntry>,
-        reply: Reply<()>,
-    },
-}
-
-#[expect(
-    clippy::large_enum_variant,
-    reason = "nearly every request is a write; boxing it would cost an allocation per write to \
-              shrink the one close"
-)]
-pub(crate) enum Request {
-    Write(Write),
-    /// Commit what came before, close the connection and stop.
-    Close {
-        done: oneshot::Sender<()>,
-    },
-}
-
-impl Write {
-    /// How much of a batch this write uses, see [`GROUP_COMMIT_MAX_OPS`].
-    fn ops(&self) -> usize {
-        match self {
-            Write::Run { ops, .. } => ops.len().max(1),
-            Write::Apply {
-                definitions,
-                machines,
-                ..
-            } => (definitions.len() + machines.len()).max(1),
-            Write::CreateRun { run, .. } => run.state.tasks.len().max(1),
-            Write::CommitRun { commit, .. } => {
-                (commit.change.tasks.len() + commit.change.journal.len() + commit.outputs.len())
-                    .max(1)
-            }
-            _ => 1,
-        }
-    }
-
-    fn fail(self, message: &str) {
-        let error = || Error::Unavailable(message.to_string());
-        // A caller that gave up waiting has dropped its receiver; nobody is left to tell.
-        match self {
-            Write::Run { reply, .. } => {
-                let _ = reply.send(Err(error()));
-            }
-            Write::Apply { reply, .. } => {
-                let _ = reply.send(Err(error()));
-            }
-            Write::RevokeToken { reply, .. } => {
-                let _ = reply.send(Err(error()));
-            }
-            Write::CreateRun { reply, .. } => {
-                let _ = reply.send(Err(error()));
-            }
-            Write::Audit { reply, .. }
-            | Write::CreateToken { reply, .. }
-            | Write::CommitRun { reply, .. }
-            | Write::SetSetting { reply, .. }
-            | Write::Ping { reply } => {
-                let _ = reply.send(Err(error()));
-            }
-        }
-    }
-}
+use crate::rows::history_kind_name;
+use crate::{
+    Applied, AuditEntry, DefinitionRecord, Error, MachineOp, NewDefinition, OpContext, OpOutcome,
+    Result, TokenRecord,
+};
 
 /// Sends a request's answer once the batch's fate is known: its own result if the commit
 /// succeeded, `Unavailable` with the batch's error if it did not.
@@ -465,92 +350,6 @@ struct Mark {
     next_seq: i64,
     /// The first slot each machine had before the call changed it, and whether it was dirty.
     saved: Vec<(String, Slot, bool)>,
-}
-
-const NOT_FOUND: &str = "not_found";
-
-pub(super) fn push_audit(audit: &mut Vec<AuditEntry>, entry: Option<AuditEntry>, outcome: &str) {
-    if let Some(mut entry) = entry {
-        entry.outcome = outcome.to_string();
-        audit.push(entry);
-    }
-}
-
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    if let Some(text) = payload.downcast_ref::<&str>() {
-        text
-    } else if let Some(text) = payload.downcast_ref::<String>() {
-        text
-    } else {
-        "(no message)"
-    }
-}
-
-/// Checks that a decision returned a change the store can write: for its own machine, one
-/// version on, with history of that machine only. A violation is a bug in the decision.
-fn check_change(machine: &str, current: &MachineRecord, change: &Change) -> Result<(), String> {
-    if change.record.id != machine {
-        return Err(format!(
-            "the decision for machine `{machine}` returned a record for `{}`",
-            change.record.id
-        ));
-    }
-    if change.record.version != current.version + 1 {
-        return Err(format!(
-            "the decision for machine `{machine}` at version {} returned version {} (expected {})",
-            current.version,
-            change.record.version,
-            current.version + 1
-        ));
-    }
-    if let Some(entry) = change.history.iter().find(|e| e.machine != machine) {
-        return Err(format!(
-            "the decision for machine `{machine}` returned history for machine `{}`",
-            entry.machine
-        ));
-    }
-    Ok(())
-}
-
-/// Every machine id the writes name (sorted, without repeats), and whether any of them may
-/// write history.
-fn named_machines(writes: &[Write]) -> (Vec<String>, bool) {
-    let mut ids = Vec::new();
-    let mut writes_history = false;
-    for write in writes {
-        match write {
-            Write::Run { ops, .. } => {
-                writes_history = true;
-                for op in ops {
-                    ids.push(op.machine.clone());
-                    ids.extend(op.peers.iter().cloned());
-                }
-            }
-            Write::Apply { machines, .. } => {
-                writes_history = true;
-                ids.extend(machines.iter().map(|c| c.record.id.clone()));
-            }
-            _ => {}
-        }
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    (ids, writes_history)
-}
-
-/// Every run the batch's commits name (sorted, without repeats), to read their versions with
-/// one query.
-fn named_runs(writes: &[Write]) -> Vec<&str> {
-    let mut ids: Vec<&str> = writes
-        .iter()
-        .filter_map(|write| match write {
-            Write::CommitRun { commit, .. } => Some(commit.run_id.as_str()),
-            _ => None,
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
 }
 
 impl Batch {

@@ -1,0 +1,129 @@
+-- Levee's PostgreSQL schema, version 2: runbook runs and server-wide settings, the same tables
+-- as SQLite's version 2 and the same rules as version 1.
+
+-- One row per run: what it was created with (kept as given) and the run-level part of the
+-- engine's state. `version` grows by one per committed change and is the compare-and-set
+-- basis of every commit: the writer locks the row, checks the version, and its UPDATE names
+-- the version it checked. The task counters are kept up to date by the trigger below, so a
+-- listing of runs never has to read their tasks.
+CREATE TABLE runs (
+    id              TEXT COLLATE "C" NOT NULL PRIMARY KEY,
+    name            TEXT COLLATE "C" UNIQUE,    -- client-supplied idempotency name; NULL if none
+    runbook         TEXT COLLATE "C" NOT NULL,
+    runbook_version BIGINT NOT NULL,
+    created_by      TEXT   NOT NULL,
+    status          TEXT COLLATE "C" NOT NULL,  -- RunStatus::name()
+    version         BIGINT NOT NULL CHECK (version >= 1),
+    created_at_ms   BIGINT NOT NULL,
+    started_at_ms   BIGINT,
+    started_by      TEXT,
+    finished_at_ms  BIGINT,
+    outcome         TEXT,
+    max_parallel    BIGINT NOT NULL CHECK (max_parallel >= 1),
+    tasks_total     BIGINT NOT NULL CHECK (tasks_total >= 0),
+    tasks_done      BIGINT NOT NULL CHECK (tasks_done >= 0),     -- succeeded or skipped
+    tasks_running   BIGINT NOT NULL CHECK (tasks_running >= 0),
+    tasks_failed    BIGINT NOT NULL CHECK (tasks_failed >= 0)    -- failed or stalled
+);
+
+-- What a run was created with, written once: a spec of 10,000 tasks is megabytes, and keeping
+-- it out of the hot `runs` row keeps every commit's row update small.
+CREATE TABLE run_specs (
+    run_id TEXT COLLATE "C" NOT NULL PRIMARY KEY REFERENCES runs (id),
+    params TEXT NOT NULL,  -- JSON: the bound parameter values
+    spec   TEXT NOT NULL   -- JSON: what the server executes, opaque here
+);
+
+-- Listings are newest first, optionally by status or runbook; ties on time break by id.
+CREATE INDEX runs_created ON runs (created_at_ms, id);
+CREATE INDEX runs_status ON runs (status, created_at_ms, id);
+CREATE INDEX runs_runbook ON runs (runbook, created_at_ms, id);
+
+-- One row per task of a run, in plan order (`idx`). The status and times are columns so SQL
+-- can count and select on them; `record` is the engine's whole TaskRecord.
+CREATE TABLE run_tasks (
+    run_id         TEXT COLLATE "C" NOT NULL REFERENCES runs (id),
+    idx            BIGINT NOT NULL CHECK (idx >= 0),
+    task_id        TEXT COLLATE "C" NOT NULL,
+    status         TEXT COLLATE "C" NOT NULL,  -- TaskStatus::name()
+    started_at_ms  BIGINT,                     -- first dispatch
+    finished_at_ms BIGINT,
+    record         TEXT   NOT NULL,            -- JSON: the engine's TaskRecord
+    PRIMARY KEY (run_id, idx)
+);
+
+-- Past successes of a task, for predictions and stuck detection: read per run of a runbook,
+-- by task id. Only succeeded rows are in the index, and it covers the query.
+CREATE INDEX run_tasks_succeeded ON run_tasks (run_id, task_id, finished_at_ms, started_at_ms)
+    WHERE status = 'succeeded';
+
+-- Keeps the run's task counters equal to its task rows' statuses. Task rows are inserted with
+-- the run (the store computes the first counts) and only ever updated afterwards, never their
+-- keys. One statement updates many tasks of a commit, so the trigger runs once per statement
+-- and moves each run's counters by the sum of its rows' moves between counted categories;
+-- waiting -> ready (10,000 at a run's start) moves nothing and writes nothing.
+CREATE FUNCTION run_tasks_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE runs SET
+        tasks_done = tasks_done + moved.done,
+        tasks_running = tasks_running + moved.running,
+        tasks_failed = tasks_failed + moved.failed
+    FROM (
+        SELECT n.run_id,
+               SUM((n.status IN ('succeeded', 'skipped'))::int
+                   - (o.status IN ('succeeded', 'skipped'))::int) AS done,
+               SUM((n.status = 'running')::int - (o.status = 'running')::int) AS running,
+               SUM((n.status IN ('failed', 'stalled'))::int
+                   - (o.status IN ('failed', 'stalled'))::int) AS failed
+        FROM new_tasks n JOIN old_tasks o ON o.run_id = n.run_id AND o.idx = n.idx
+        WHERE n.status <> o.status
+        GROUP BY n.run_id
+    ) AS moved
+    WHERE runs.id = moved.run_id
+      AND (moved.done <> 0 OR moved.running <> 0 OR moved.failed <> 0);
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER run_tasks_count AFTER UPDATE ON run_tasks
+    REFERENCING OLD TABLE AS old_tasks NEW TABLE AS new_tasks
+    FOR EACH STATEMENT EXECUTE FUNCTION run_tasks_count();
+
+-- Every journal entry of every run. The writer appends a run's entries while it holds the
+-- run's row lock, so one run's entries are in commit order and a client's cursor (paging,
+-- event streams) can never skip one.
+CREATE TABLE run_journal (
+    seq     BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    run_id  TEXT COLLATE "C" NOT NULL REFERENCES runs (id),
+    version BIGINT NOT NULL,                   -- the run's version after the entry
+    at_ms   BIGINT NOT NULL,
+    task    TEXT,
+    actor   TEXT   NOT NULL,
+    kind    TEXT   NOT NULL,                   -- JournalKind's serde name
+    entry   TEXT   NOT NULL                    -- JSON: the engine's whole JournalEntry
+);
+
+CREATE INDEX run_journal_run ON run_journal (run_id, seq);
+
+-- What each attempt of a task printed, size-limited by its stage. `text` is the UTF-8 bytes of
+-- the output: a program may print U+0000, which PostgreSQL's TEXT cannot hold.
+CREATE TABLE task_outputs (
+    seq       BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,  -- breaks ties in an attempt
+    run_id    TEXT COLLATE "C" NOT NULL REFERENCES runs (id),
+    task      TEXT COLLATE "C" NOT NULL,
+    attempt   BIGINT NOT NULL CHECK (attempt >= 0),
+    at_ms     BIGINT NOT NULL,
+    outcome   TEXT   NOT NULL,
+    text      BYTEA  NOT NULL,
+    cut_bytes BIGINT NOT NULL CHECK (cut_bytes >= 0),  -- bytes cut from the front of `text`
+    data      TEXT   NOT NULL                   -- JSON: structured facts (exit code, ...)
+);
+
+CREATE INDEX task_outputs_task ON task_outputs (run_id, task, attempt, seq);
+
+-- Server-wide facts, such as the global pause.
+CREATE TABLE settings (
+    key           TEXT COLLATE "C" NOT NULL PRIMARY KEY,
+    value         TEXT   NOT NULL,              -- JSON
+    updated_at_ms BIGINT                        -- the audit entry's time; NULL if set without one
+);
