@@ -6,7 +6,8 @@
 //! and column.
 //!
 //! - [`load_documents`] (and [`load_documents_with_warnings`]) reads a file of `---`-separated
-//!   native definitions (`kind: StateMachine`, `kind: Runbook`, `kind: TaskTemplate`) and
+//!   native definitions (`kind: StateMachine`, `kind: Runbook`, `kind: TaskTemplate`,
+//!   `kind: Fleet`, `kind: MaintenancePolicy`) and
 //!   reports every problem it finds, each with a stable code such as `unknown-key` or
 //!   `unknown-state`.
 //! - [`link`] checks runbooks and templates against each other (across files) and against the
@@ -16,6 +17,10 @@
 //! - [`schema::state_machine_schema`] (and [`schema::runbook_schema`],
 //!   [`schema::task_template_schema`]) is the JSON Schema editors use to check files as they are
 //!   written; it is generated from the same serde types that parse them.
+//! - [`fleet`] holds the compiled fleet (hosts, failure domains, services, pools, floors) and
+//!   the checks that need the whole fleet; [`selector`] is the selector grammar and the
+//!   inverted [`HostIndex`] that resolves selectors; [`maintenance_policy`] is a service's
+//!   decision matrix. Capacity arithmetic and preflight live in the `levee-fleet` crate.
 //! - [`parse_duration_ms`] and [`names`] are the shapes of durations and names, for other
 //!   crates that accept them (URLs, CLI arguments).
 //!
@@ -24,32 +29,45 @@
 //! deserializer that records every error where it happened and carries on.
 
 pub mod diagnostic;
+pub mod fleet;
 pub mod graph;
 pub mod link;
 pub mod load;
 pub mod machine;
+pub mod maintenance_policy;
 pub mod names;
 pub mod params;
 pub mod runbook;
 pub mod schema;
+pub mod selector;
 pub mod stateservice;
 pub mod time;
 
 mod de;
+mod fleet_spec;
 mod runbook_spec;
 mod state_machine;
 mod yaml;
 
 pub use diagnostic::{Diagnostic, Severity};
+pub use fleet::{
+    Amount, CapacityPolicy, DependencyDef, DependencyKind, DomainLevel, Domains, FLEET_KIND,
+    FleetDef, HostChoice, HostDef, PoolDef, ServiceDef,
+};
 pub use link::{
     MAX_INCLUDE_DEPTH, MAX_TASKS_PER_RUNBOOK, ResolvedRunbook, ResolvedTask, StageArg,
     StageCatalog, link,
 };
 pub use load::{
-    Definition, LoadContext, Loaded, known_kinds, load_documents, load_documents_with_warnings,
+    Definition, LoadContext, LoadLimits, Loaded, known_kinds, load_documents,
+    load_documents_with_limits, load_documents_with_warnings,
 };
 pub use machine::{
     CompatCounter, DEFAULT_EVENT, DefFormat, EventTransition, Guard, MachineDef, StateDef, Timer,
+};
+pub use maintenance_policy::{
+    DecidedBy, MAINTENANCE_POLICY_KIND, MaintenancePolicyDef, MaintenanceType, PolicyAction,
+    PolicyRule,
 };
 pub use params::{BoundParams, ParamError, bind_params, render, render_text};
 pub use runbook::{
@@ -57,6 +75,7 @@ pub use runbook::{
     Purpose, RetryPolicy, RunbookDef, StepDef, TaskAction, TaskDef, TemplateDef, Threshold,
 };
 pub use runbook_spec::{RUNBOOK_KIND, TASK_ID_PATTERN, TEMPLATE_KIND, is_valid_task_id};
+pub use selector::{HostIndex, HostNumber, Selector, SelectorError};
 pub use time::{parse_duration_ms, parse_instant_ms};
 pub use yaml::{MAX_YAML_DEPTH, MAX_YAML_NODES};
 

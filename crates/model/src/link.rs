@@ -172,7 +172,9 @@ pub fn link(
                     linker.templates.insert(&template.name, template);
                 }
             }
-            Definition::StateMachine(_) => {}
+            Definition::StateMachine(_)
+            | Definition::Fleet(_)
+            | Definition::MaintenancePolicy(_) => {}
         }
     }
     for def in defs {

@@ -12,7 +12,10 @@
 use std::collections::HashMap;
 
 use crate::de::{Reader, UnknownKeys};
+use crate::fleet::{FLEET_KIND, FleetDef};
+use crate::fleet_spec;
 use crate::machine::MachineDef;
+use crate::maintenance_policy::{self, MAINTENANCE_POLICY_KIND, MaintenancePolicyDef};
 use crate::names;
 use crate::runbook::{RunbookDef, TemplateDef};
 use crate::runbook_spec::{self, RUNBOOK_KIND, TEMPLATE_KIND};
@@ -49,6 +52,10 @@ pub enum Definition {
     /// Valid on its own; [`crate::link`] checks it against the other definitions.
     Runbook(RunbookDef),
     TaskTemplate(TemplateDef),
+    /// Hosts, services, pools and floors; checked whole (see [`crate::fleet`]).
+    Fleet(FleetDef),
+    /// Valid on its own; `levee_fleet` checks that its service is in the fleet.
+    MaintenancePolicy(MaintenancePolicyDef),
 }
 
 impl Definition {
@@ -58,6 +65,8 @@ impl Definition {
             Definition::StateMachine(_) => state_machine::KIND,
             Definition::Runbook(_) => RUNBOOK_KIND,
             Definition::TaskTemplate(_) => TEMPLATE_KIND,
+            Definition::Fleet(_) => FLEET_KIND,
+            Definition::MaintenancePolicy(_) => MAINTENANCE_POLICY_KIND,
         }
     }
 
@@ -67,6 +76,77 @@ impl Definition {
             Definition::StateMachine(machine) => &machine.name,
             Definition::Runbook(runbook) => &runbook.name,
             Definition::TaskTemplate(template) => &template.name,
+            Definition::Fleet(fleet) => &fleet.name,
+            Definition::MaintenancePolicy(policy) => &policy.name,
+        }
+    }
+
+    /// The compiled definition as JSON, the form the server stores and reads back.
+    pub fn compiled_json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        match self {
+            Definition::StateMachine(def) => serde_json::to_value(def),
+            Definition::Runbook(def) => serde_json::to_value(def),
+            Definition::TaskTemplate(def) => serde_json::to_value(def),
+            Definition::Fleet(def) => serde_json::to_value(def),
+            Definition::MaintenancePolicy(def) => serde_json::to_value(def),
+        }
+    }
+
+    /// A one-line summary for listings: `Fleet row-a (36 hosts, 3 services)`.
+    pub fn summary(&self) -> String {
+        fn plural(count: usize, word: &str) -> String {
+            if count == 1 {
+                format!("1 {word}")
+            } else {
+                format!("{count} {word}s")
+            }
+        }
+        match self {
+            Definition::StateMachine(def) => format!(
+                "StateMachine {} ({}, {})",
+                def.name,
+                plural(def.states.len(), "state"),
+                plural(def.instances.len(), "instance")
+            ),
+            Definition::Runbook(def) => format!(
+                "Runbook {} ({}, {})",
+                def.name,
+                plural(def.tasks.len(), "task"),
+                plural(def.includes.len(), "include")
+            ),
+            Definition::TaskTemplate(def) => format!(
+                "TaskTemplate {} ({})",
+                def.name,
+                plural(def.steps.len(), "step")
+            ),
+            Definition::Fleet(def) => format!(
+                "Fleet {} ({}, {})",
+                def.name,
+                plural(def.hosts.len(), "host"),
+                plural(def.services.len(), "service")
+            ),
+            Definition::MaintenancePolicy(def) => format!(
+                "MaintenancePolicy {} (service {}, {})",
+                def.name,
+                def.service.value,
+                plural(def.rules.len(), "rule")
+            ),
+        }
+    }
+
+    /// The fleet, if this is one.
+    pub fn as_fleet(&self) -> Option<&FleetDef> {
+        match self {
+            Definition::Fleet(fleet) => Some(fleet),
+            _ => None,
+        }
+    }
+
+    /// The maintenance policy, if this is one.
+    pub fn as_maintenance_policy(&self) -> Option<&MaintenancePolicyDef> {
+        match self {
+            Definition::MaintenancePolicy(policy) => Some(policy),
+            _ => None,
         }
     }
 
@@ -119,7 +199,17 @@ pub(crate) const KINDS: &[(&str, CompileFn)] = &[
     (state_machine::KIND, compile_state_machine),
     (RUNBOOK_KIND, compile_runbook),
     (TEMPLATE_KIND, compile_template),
+    (FLEET_KIND, compile_fleet),
+    (MAINTENANCE_POLICY_KIND, compile_policy),
 ];
+
+fn compile_fleet(root: &Node, reader: &Reader, _ctx: &LoadContext) -> Option<Definition> {
+    fleet_spec::compile_fleet(root, reader).map(Definition::Fleet)
+}
+
+fn compile_policy(root: &Node, reader: &Reader, _ctx: &LoadContext) -> Option<Definition> {
+    maintenance_policy::compile_policy(root, reader).map(Definition::MaintenancePolicy)
+}
 
 fn compile_runbook(root: &Node, reader: &Reader, _ctx: &LoadContext) -> Option<Definition> {
     runbook_spec::compile_runbook(root, reader).map(Definition::Runbook)
@@ -150,16 +240,44 @@ pub fn load_documents(
     load_documents_with_warnings(file, source, ctx).map(|loaded| loaded.definitions)
 }
 
+/// Bounds on one file: what [`load_documents`] accepts, or larger ones for bulk imports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadLimits {
+    /// Largest file, in bytes.
+    pub max_bytes: usize,
+    /// Most YAML nodes, counting each use of an alias.
+    pub max_nodes: usize,
+}
+
+impl LoadLimits {
+    /// The limits of definition files: [`MAX_DEFINITION_BYTES`] and [`yaml::MAX_YAML_NODES`].
+    pub const DEFINITION: LoadLimits = LoadLimits {
+        max_bytes: MAX_DEFINITION_BYTES,
+        max_nodes: yaml::MAX_YAML_NODES,
+    };
+}
+
 /// Like [`load_documents`], and on success also returns the warnings.
 pub fn load_documents_with_warnings(
     file: &str,
     source: &str,
     ctx: &LoadContext,
 ) -> Result<Loaded, Vec<Diagnostic>> {
-    if let Some(too_large) = check_size(file, source) {
+    load_documents_with_limits(file, source, ctx, LoadLimits::DEFINITION)
+}
+
+/// Like [`load_documents_with_warnings`], within `limits` instead of the limits of definition
+/// files. JSON is YAML, so this also loads JSON documents, with lines and columns.
+pub fn load_documents_with_limits(
+    file: &str,
+    source: &str,
+    ctx: &LoadContext,
+    limits: LoadLimits,
+) -> Result<Loaded, Vec<Diagnostic>> {
+    if let Some(too_large) = check_size_within(file, source, limits.max_bytes) {
         return Err(vec![too_large]);
     }
-    let parsed = yaml::parse_file(file, source);
+    let parsed = yaml::parse_file_with_limit(file, source, limits.max_nodes);
     let reader = Reader::new(file, UnknownKeys::Deny, state_machine::KEY_HINTS);
     for diagnostic in parsed.diagnostics {
         reader.push_diagnostic(diagnostic);
@@ -192,14 +310,18 @@ pub fn load_documents_with_warnings(
 
 /// The `file-too-large` error, if `source` is over [`MAX_DEFINITION_BYTES`].
 pub(crate) fn check_size(file: &str, source: &str) -> Option<Diagnostic> {
-    (source.len() > MAX_DEFINITION_BYTES).then(|| {
+    check_size_within(file, source, MAX_DEFINITION_BYTES)
+}
+
+fn check_size_within(file: &str, source: &str, max_bytes: usize) -> Option<Diagnostic> {
+    (source.len() > max_bytes).then(|| {
         Diagnostic::error(
             file,
             0,
             0,
             "file-too-large",
             format!(
-                "The file is {} bytes; definition files may be at most {MAX_DEFINITION_BYTES} \
+                "The file is {} bytes; definition files may be at most {max_bytes} \
                  bytes. Split it into several files.",
                 source.len()
             ),

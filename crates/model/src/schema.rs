@@ -2,7 +2,8 @@
 //! check what the loader checks (key names, types, shapes, name patterns) as you type.
 //!
 //! The schemas are kept in the repository at `schemas/state-machine.schema.json`,
-//! `schemas/runbook.schema.json` and `schemas/task-template.schema.json`; a test fails
+//! `schemas/runbook.schema.json`, `schemas/task-template.schema.json`,
+//! `schemas/fleet.schema.json` and `schemas/maintenance-policy.schema.json`; a test fails
 //! when it is out of date, and `LEVEE_UPDATE_SCHEMAS=1 cargo test -p levee-model` rewrites it.
 //! With the YAML language server (VS Code's YAML extension, Neovim, Helix, ...), point a file
 //! at it with a comment on its first line:
@@ -24,6 +25,8 @@
 
 use schemars::generate::SchemaSettings;
 
+use crate::fleet_spec::FleetSpec;
+use crate::maintenance_policy::MaintenancePolicySpec;
 use crate::runbook_spec::{RunbookSpec, TemplateSpec};
 use crate::state_machine::StateMachineSpec;
 
@@ -71,6 +74,36 @@ pub fn task_template_schema_text() -> String {
 /// The schema as written to [`STATE_MACHINE_SCHEMA_PATH`]: pretty-printed, with a final newline.
 pub fn state_machine_schema_text() -> String {
     pretty(&state_machine_schema())
+}
+
+/// Where the fleet schema lives, relative to the repository root.
+pub const FLEET_SCHEMA_PATH: &str = "schemas/fleet.schema.json";
+/// Where the maintenance policy schema lives, relative to the repository root.
+pub const MAINTENANCE_POLICY_SCHEMA_PATH: &str = "schemas/maintenance-policy.schema.json";
+
+/// The JSON Schema of a `kind: Fleet` document. It cannot check what needs the whole fleet
+/// (unique hosts, selectors that match, floors that fit): `levee validate` does.
+pub fn fleet_schema() -> serde_json::Value {
+    let generator = SchemaSettings::draft07().for_deserialize().into_generator();
+    generator.into_root_schema_for::<FleetSpec>().to_value()
+}
+
+/// The JSON Schema of a `kind: MaintenancePolicy` document.
+pub fn maintenance_policy_schema() -> serde_json::Value {
+    let generator = SchemaSettings::draft07().for_deserialize().into_generator();
+    generator
+        .into_root_schema_for::<MaintenancePolicySpec>()
+        .to_value()
+}
+
+/// [`fleet_schema`] as written to [`FLEET_SCHEMA_PATH`].
+pub fn fleet_schema_text() -> String {
+    pretty(&fleet_schema())
+}
+
+/// [`maintenance_policy_schema`] as written to [`MAINTENANCE_POLICY_SCHEMA_PATH`].
+pub fn maintenance_policy_schema_text() -> String {
+    pretty(&maintenance_policy_schema())
 }
 
 fn pretty(schema: &serde_json::Value) -> String {

@@ -173,6 +173,12 @@ pub struct ParsedFile {
 
 /// Parses every `---`-separated document of `source`.
 pub fn parse_file(file: &str, source: &str) -> ParsedFile {
+    parse_file_with_limit(file, source, MAX_YAML_NODES)
+}
+
+/// Like [`parse_file`], with another bound than [`MAX_YAML_NODES`] on the nodes of the file
+/// (bulk imports of large fleets).
+pub fn parse_file_with_limit(file: &str, source: &str, max_nodes: usize) -> ParsedFile {
     let mut options = Options::default();
     options.emit_comments = false;
     options.flow_nesting_limit = MAX_YAML_DEPTH;
@@ -184,6 +190,7 @@ pub fn parse_file(file: &str, source: &str) -> ParsedFile {
         stack: Vec::new(),
         anchors: HashMap::new(),
         nodes_total: 0,
+        max_nodes,
     };
     loop {
         match parser.next_event() {
@@ -267,6 +274,7 @@ struct Builder<'a> {
     stack: Vec<Frame>,
     anchors: HashMap<usize, Node>,
     nodes_total: usize,
+    max_nodes: usize,
 }
 
 impl Builder<'_> {
@@ -415,12 +423,13 @@ impl Builder<'_> {
 
     fn count_nodes(&mut self, added: usize, loc: Loc) -> Result<(), Stop> {
         self.nodes_total = self.nodes_total.saturating_add(added);
-        if self.nodes_total > MAX_YAML_NODES {
+        if self.nodes_total > self.max_nodes {
+            let max_nodes = self.max_nodes;
             self.error(
                 loc,
                 "yaml-too-large",
                 format!(
-                    "The file holds more than {MAX_YAML_NODES} YAML values (counting each use \
+                    "The file holds more than {max_nodes} YAML values (counting each use \
                      of an alias); split it into several files or use fewer aliases."
                 ),
             );

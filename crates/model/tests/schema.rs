@@ -115,3 +115,54 @@ fn runbook_schema_describes_tasks_checks_and_includes() {
     assert_eq!(template["properties"]["kind"]["const"], "TaskTemplate");
     assert!(template["definitions"]["Step"]["properties"]["stage"].is_object());
 }
+
+#[test]
+fn fleet_schema_file_is_up_to_date() {
+    check_file(
+        levee_model::schema::FLEET_SCHEMA_PATH,
+        levee_model::schema::fleet_schema_text(),
+    );
+}
+
+#[test]
+fn maintenance_policy_schema_file_is_up_to_date() {
+    check_file(
+        levee_model::schema::MAINTENANCE_POLICY_SCHEMA_PATH,
+        levee_model::schema::maintenance_policy_schema_text(),
+    );
+}
+
+#[test]
+fn fleet_and_policy_schemas_describe_hosts_pools_and_rules() {
+    let fleet = levee_model::schema::fleet_schema();
+    assert_eq!(fleet["additionalProperties"], false);
+    assert_eq!(fleet["properties"]["kind"]["const"], "Fleet");
+    let host = &fleet["definitions"]["Host"];
+    assert_eq!(host["additionalProperties"], false);
+    for key in [
+        "name",
+        "region",
+        "datacenter",
+        "row",
+        "rack",
+        "power",
+        "switch",
+        "labels",
+        "down",
+    ] {
+        assert!(host["properties"][key].is_object(), "host key {key}");
+    }
+    let pool = &fleet["definitions"]["Pool"];
+    assert_eq!(pool["oneOf"][0]["required"][0], "selector");
+    assert_eq!(pool["oneOf"][1]["required"][0], "hosts");
+    assert!(fleet["definitions"]["Capacity"]["properties"]["floor"].is_object());
+    assert_eq!(
+        fleet["definitions"]["DependencyKind"]["enum"],
+        serde_json::json!(["bootstrap", "rpc", "state"])
+    );
+    let policy = levee_model::schema::maintenance_policy_schema();
+    assert_eq!(policy["properties"]["kind"]["const"], "MaintenancePolicy");
+    let action = &policy["definitions"]["Action"];
+    assert_eq!(action["anyOf"][0]["enum"][0], "drain_and_wait");
+    assert!(policy["definitions"]["Rule"]["properties"]["up_to"].is_object());
+}
