@@ -554,25 +554,7 @@ fn read_file(path: &PathBuf) -> Result<String, CliError> {
 
 /// `StateMachine three-tier-db (6 states, 1 instance)`.
 fn describe(definition: &Definition) -> String {
-    match definition {
-        Definition::StateMachine(def) => format!(
-            "StateMachine {} ({}, {})",
-            def.name,
-            plural(def.states.len(), "state"),
-            plural(def.instances.len(), "instance")
-        ),
-        Definition::Runbook(def) => format!(
-            "Runbook {} ({}, {})",
-            def.name,
-            plural(def.tasks.len(), "task"),
-            plural(def.includes.len(), "include")
-        ),
-        Definition::TaskTemplate(def) => format!(
-            "TaskTemplate {} ({})",
-            def.name,
-            plural(def.steps.len(), "step")
-        ),
-    }
+    definition.summary()
 }
 
 fn validate(args: &ValidateArgs) -> u8 {

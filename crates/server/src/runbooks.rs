@@ -319,11 +319,7 @@ fn spans(definition: &Definition) -> BTreeMap<String, (u64, u64)> {
             _ => {}
         }
     }
-    let value = match definition {
-        Definition::Runbook(def) => serde_json::to_value(def),
-        Definition::TaskTemplate(def) => serde_json::to_value(def),
-        Definition::StateMachine(def) => serde_json::to_value(def),
-    };
+    let value = definition.compiled_json();
     let mut spans = BTreeMap::new();
     if let Ok(value) = value {
         walk(&value, &mut spans);
@@ -338,12 +334,7 @@ fn within(spans: &BTreeMap<String, (u64, u64)>, diagnostic: &Diagnostic) -> bool
 }
 
 fn compiled(definition: &Definition) -> Result<Value, ApiError> {
-    match definition {
-        Definition::Runbook(def) => serde_json::to_value(def),
-        Definition::TaskTemplate(def) => serde_json::to_value(def),
-        Definition::StateMachine(def) => serde_json::to_value(def),
-    }
-    .map_err(ApiError::internal)
+    definition.compiled_json().map_err(ApiError::internal)
 }
 
 /// A runbook ready to run: parameters bound, arguments rendered, the plan built.
