@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// Sign webhook bodies with HMAC-SHA256 of this secret (`X-Levee-Signature: sha256=...`).
     #[arg(long, env = "LEVEE_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// Ask this Prometheus (`http://127.0.0.1:9090`) for `metric` checks and health gates;
+    /// without it every metric check fails closed.
+    #[arg(long, env = "LEVEE_PROMETHEUS_URL", value_name = "URL")]
+    pub prometheus: Option<String>,
 }
 
 pub async fn open_store(url: &str) -> anyhow::Result<DynStore> {
@@ -65,8 +69,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     webhooks
         .validate()
         .context("invalid --webhook or --webhook-secret")?;
+    let metric_source = match &args.prometheus {
+        Some(url) => {
+            let source = levee_stages::PrometheusSource::new(url)
+                .map_err(|error| anyhow::anyhow!("invalid --prometheus: {error}"))?;
+            Some(Arc::new(source) as Arc<dyn levee_stages::MetricSource>)
+        }
+        None => None,
+    };
     let options = AppOptions {
         webhooks,
+        metric_source,
         ..AppOptions::default()
     };
     let app = App::open(store, Arc::new(SystemClock), options).await?;

@@ -32,12 +32,25 @@ pub const MAX_FILES_PER_APPLY: usize = 100;
 /// Shards of the machine cache: enough that 64 concurrent readers rarely meet on one lock.
 const CACHE_SHARDS: usize = 64;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct AppOptions {
     /// The machine `/state` answers for (`levee serve --machine`).
     pub compat_machine: Option<String>,
     /// Where run notifications (stalls, failures, approvals needed, stuck tasks) are sent.
     pub webhooks: crate::webhooks::WebhookConfig,
+    /// Where `metric` checks get their numbers (`levee serve --prometheus URL`); without one,
+    /// every metric check fails closed.
+    pub metric_source: Option<Arc<dyn levee_stages::MetricSource>>,
+}
+
+impl std::fmt::Debug for AppOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppOptions")
+            .field("compat_machine", &self.compat_machine)
+            .field("webhooks", &self.webhooks)
+            .field("metric_source", &self.metric_source.is_some())
+            .finish()
+    }
 }
 
 /// Shared state of one server process. Everything here is derived from the store.
@@ -83,7 +96,10 @@ impl App {
             compat_machine: RwLock::new(options.compat_machine),
             ready: AtomicBool::new(false),
             metrics: crate::metrics::Metrics::install(),
-            stages: levee_stages::Registry::builtin(),
+            stages: match options.metric_source {
+                Some(source) => levee_stages::Registry::with_metric_source(source),
+                None => levee_stages::Registry::builtin(),
+            },
             apply_lock: tokio::sync::Mutex::new(()),
             runs: crate::runs::Runs::new(global_pause, notifier),
         };

@@ -55,6 +55,7 @@ mod context;
 mod http;
 mod log;
 mod process;
+mod prometheus;
 mod ramp;
 mod registry;
 mod shell;
@@ -79,6 +80,9 @@ pub use http::{
 };
 pub use log::{LogStage, MAX_LOG_MESSAGE_BYTES};
 pub use process::{KILL_GRACE_MS, PIPE_DRAIN_AFTER_EXIT_MS};
+pub use prometheus::{
+    MAX_PROMETHEUS_ANSWER_BYTES, PROMETHEUS_QUERY_TIMEOUT_MS, PrometheusSource, read_answer,
+};
 pub use ramp::{MAX_RAMP_STEPS, RampStage, ramp_values};
 pub use registry::{
     Execution, LintError, MAX_APPROVAL_EXPIRY_MS, MAX_APPROVERS, MAX_STATE_LIST, Registry,

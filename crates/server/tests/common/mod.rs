@@ -86,6 +86,8 @@ pub struct Options {
     pub dir: Option<Arc<TempDir>>,
     /// Run on the system clock instead of the manual one (runs measure real durations).
     pub real_clock: bool,
+    /// Where metric checks get their numbers.
+    pub metric_source: Option<Arc<dyn levee_stages::MetricSource>>,
 }
 
 /// A Levee server running in this process on `127.0.0.1:0`, with its own SQLite file.
@@ -146,7 +148,11 @@ pub async fn start_with(options: Options) -> TestServer {
     } else {
         clock.clone()
     };
-    let app = App::open(Arc::new(store), app_clock, AppOptions::default())
+    let app_options = AppOptions {
+        metric_source: options.metric_source.clone(),
+        ..AppOptions::default()
+    };
+    let app = App::open(Arc::new(store), app_clock, app_options)
         .await
         .expect("open the app");
     if let Some((name, content)) = &options.machine_file {
