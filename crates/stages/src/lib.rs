@@ -17,6 +17,7 @@
 //! | `shell` | `command: [program, arg, ...]` (required), `env: {K: V}`, `cwd`, `timeout` (30s) | no |
 //! | `http`  | `method` (GET), `url` (required), `body`, `headers`, `expect_status` (2xx), `timeout` (10s) | GET, HEAD, PUT, DELETE, OPTIONS |
 //! | `wait`  | `duration`, or `until` (a check as in `pre`), `every` (5s), `deadline` (1h) | yes |
+//! | `traffic_shift` | `haproxy` (socket), `servers: [BACKEND/SERVER]`, `to_weight`, `from_weight`, `step`, `first_step`, `wait`, `ready_first`, `then_maint`, `drain_timeout` | yes |
 //! | `ramp`  | `command`, `from`, `to`, `step`, `first_step`, `wait`, `env`, `timeout`, `idempotent` | if it says so |
 //! | `log`   | `message` (required) | yes |
 //!
@@ -52,6 +53,7 @@
 mod args;
 mod check;
 mod context;
+mod haproxy;
 mod http;
 mod log;
 mod process;
@@ -59,6 +61,7 @@ mod prometheus;
 mod ramp;
 mod registry;
 mod shell;
+mod traffic;
 mod wait;
 
 use async_trait::async_trait;
@@ -73,6 +76,10 @@ pub use context::{
     CancelToken, Canceller, CapturedOutput, CheckRunner, MAX_OUTPUT_BYTES, NoChecks, OutputSink,
     PaceSetter, PaceWatch, STEP_CHANNEL_CAPACITY, StageContext, StageOutcome, StageOutput, Step,
     StepCommit, StepError, StepReporter,
+};
+pub use haproxy::{
+    HAPROXY_COMMAND_TIMEOUT_MS, Haproxy, HaproxySocket, MAX_HAPROXY_ANSWER_BYTES,
+    MAX_HAPROXY_WEIGHT,
 };
 pub use http::{
     DEFAULT_HTTP_TIMEOUT_MS, HttpStage, MAX_EXPECTED_STATUSES, MAX_HTTP_HEADERS,
@@ -90,6 +97,10 @@ pub use registry::{
 };
 pub use shell::{
     DEFAULT_SHELL_TIMEOUT_MS, MAX_COMMAND_ARGS, MAX_ENV_ENTRIES, MAX_SHELL_TIMEOUT_MS, ShellStage,
+};
+pub use traffic::{
+    DEFAULT_DRAIN_TIMEOUT_MS, DRAIN_POLL_INTERVAL_MS, MAX_TRAFFIC_TARGETS, ServerStatus,
+    TrafficBackend, TrafficShiftStage,
 };
 pub use wait::{
     CheckCall, DEFAULT_WAIT_DEADLINE_MS, DEFAULT_WAIT_EVERY_MS, MAX_WAIT_MS, MIN_WAIT_EVERY_MS,

@@ -101,14 +101,14 @@ pub(crate) const RAMP_ARGS: &[ArgSpec] = &[
 
 /// How far a step moves.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Amount {
+pub(crate) enum Amount {
     Absolute(f64),
     /// A fraction (0, 1] of the span `|to - from|`.
     Fraction(f64),
 }
 
 impl Amount {
-    fn parse(argument: &str, value: &Value) -> Result<Amount, ArgError> {
+    pub(crate) fn parse(argument: &str, value: &Value) -> Result<Amount, ArgError> {
         let invalid = |why: &str| {
             ArgError::invalid(
                 argument,
@@ -148,7 +148,7 @@ impl Amount {
         Ok(amount)
     }
 
-    fn size(self, span: f64) -> f64 {
+    pub(crate) fn size(self, span: f64) -> f64 {
         match self {
             Amount::Absolute(size) => size,
             Amount::Fraction(fraction) => fraction * span,
@@ -169,12 +169,12 @@ struct RampArgs {
 
 /// An operator's pace: either part may be left out.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-struct Pace {
-    step: Option<Amount>,
-    wait: Option<Duration>,
+pub(crate) struct Pace {
+    pub(crate) step: Option<Amount>,
+    pub(crate) wait: Option<Duration>,
 }
 
-fn parse_pace(pace: &Value) -> Result<Pace, ArgError> {
+pub(crate) fn parse_pace(pace: &Value) -> Result<Pace, ArgError> {
     if pace.is_null() {
         return Ok(Pace::default());
     }
@@ -283,7 +283,7 @@ impl RampArgs {
 }
 
 /// Moves `value` toward `to` by `size`, landing exactly on `to` at the end.
-fn advance(value: f64, to: f64, size: f64) -> f64 {
+pub(crate) fn advance(value: f64, to: f64, size: f64) -> f64 {
     let remaining = to - value;
     if remaining.abs() <= size + VALUE_EPSILON {
         to

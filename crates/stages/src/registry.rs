@@ -13,6 +13,7 @@ use crate::http::HttpStage;
 use crate::log::LogStage;
 use crate::ramp::RampStage;
 use crate::shell::ShellStage;
+use crate::traffic::TrafficShiftStage;
 use crate::wait::{MAX_WAIT_MS, WaitStage};
 
 /// The longest `expires` of an approval, in milliseconds (30 days).
@@ -328,12 +329,13 @@ impl Registry {
             stages: BTreeMap::new(),
             checks: BTreeMap::new(),
         };
-        let stages: [Arc<dyn Stage>; 5] = [
+        let stages: [Arc<dyn Stage>; 6] = [
             Arc::new(ShellStage),
             Arc::new(HttpStage),
             Arc::new(WaitStage),
             Arc::new(LogStage),
             Arc::new(RampStage),
+            Arc::new(TrafficShiftStage),
         ];
         for stage in stages {
             registry.stages.insert(stage.name(), stage);
@@ -566,7 +568,16 @@ mod tests {
         let registry = Registry::builtin();
         assert_eq!(
             registry.stage_names(),
-            vec!["approval", "http", "log", "ramp", "shell", "state", "wait"]
+            vec![
+                "approval",
+                "http",
+                "log",
+                "ramp",
+                "shell",
+                "state",
+                "traffic_shift",
+                "wait"
+            ]
         );
         assert_eq!(
             registry.check_names(),
