@@ -783,6 +783,19 @@ async fn the_event_stream_sends_the_journal_live() {
     let chunk = response.chunk().await.unwrap().unwrap();
     let resumed = String::from_utf8_lossy(&chunk);
     assert!(!resumed.contains(&format!("id: {first_id}\n")), "{resumed}");
+    // The run succeeded, so its stream ends after its last entry instead of idling.
+    let body = server
+        .client
+        .get(server.url(&format!("/api/v1/runs/{id}/events")))
+        .timeout(Duration::from_millis(RUN_WAIT_MS))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .expect("the stream of a finished run ends");
+    assert!(body.trim_end().ends_with('}'), "{body}");
+    assert!(body.contains("\"kind\":\"run_finished\""), "{body}");
     assert!(server.get("/api/v1/runs/nope/events").await.status == StatusCode::NOT_FOUND);
 }
 

@@ -232,6 +232,8 @@ struct StreamState {
     after: i64,
     notices: tokio::sync::broadcast::Receiver<Arc<str>>,
     pending: std::collections::VecDeque<JournalRecord>,
+    /// The run finished for good (succeeded or aborted): nothing can follow its last entry.
+    finished: bool,
 }
 
 fn journal_stream(
@@ -246,17 +248,29 @@ fn journal_stream(
         after,
         notices,
         pending: std::collections::VecDeque::new(),
+        finished: false,
     };
     futures::stream::unfold(state, |mut state| async move {
         loop {
             if let Some(record) = state.pending.pop_front() {
                 state.after = record.seq;
+                if let levee_engine::runbook::JournalKind::RunFinished { status } =
+                    record.entry.kind
+                    && status.is_final()
+                {
+                    state.finished = true;
+                }
                 let event = SseEvent::default()
                     .id(record.seq.to_string())
                     .event("journal")
                     .json_data(&record)
                     .unwrap_or_else(|_| SseEvent::default().comment("unserialisable entry"));
                 return Some((Ok(event), state));
+            }
+            if state.finished {
+                // A failed run may be reopened by a retry; a succeeded or aborted one never
+                // changes again, so its stream ends instead of idling forever.
+                return None;
             }
             match state
                 .app
