@@ -55,6 +55,9 @@ pub struct Cli {
 pub enum Command {
     /// Runs the server.
     Serve(serve::ServeArgs),
+    /// Evacuates a datacenter of a simulated fleet, live, on the embedded database: the
+    /// quickest way to see what Levee does. Keeps serving afterwards until Ctrl-C.
+    Demo(crate::demo::DemoArgs),
     /// Checks definition files offline, without a server; exits 1 if any has an error.
     Validate(ValidateArgs),
     /// Stores definition files on the server and creates the machines they declare.
@@ -429,6 +432,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             .await
             .map(|()| EXIT_OK)
             .map_err(CliError::from),
+        Command::Demo(args) => crate::demo::run(args).await.map_err(CliError::from),
         Command::Validate(args) => Ok(validate(&args)),
         Command::Apply(args) => apply(&args).await,
         Command::Plan(args) => plan(&args).await,

@@ -2,6 +2,7 @@
 
 mod client;
 mod commands;
+mod demo;
 mod runs;
 mod serve;
 mod sse;

@@ -1122,6 +1122,11 @@ pub(crate) fn report_text(report: &ReportView, durations: &HashMap<String, u64>)
     out
 }
 
+/// Prints a run's report, as `levee runs report` does.
+pub(crate) async fn report_of(args: &RunIdArgs) -> Outcome {
+    report(args).await
+}
+
 async fn report(args: &RunIdArgs) -> Outcome {
     let client = args.server.client()?;
     let value: Value = client

@@ -41,6 +41,8 @@ pub struct AppOptions {
     /// Where `metric` checks get their numbers (`levee serve --prometheus URL`); without one,
     /// every metric check fails closed.
     pub metric_source: Option<Arc<dyn levee_stages::MetricSource>>,
+    /// Traffic backends `traffic_shift` tasks may name (`backend: sim`) besides HAProxy.
+    pub traffic_backends: Vec<Arc<dyn levee_stages::TrafficBackend>>,
 }
 
 impl std::fmt::Debug for AppOptions {
@@ -49,6 +51,7 @@ impl std::fmt::Debug for AppOptions {
             .field("compat_machine", &self.compat_machine)
             .field("webhooks", &self.webhooks)
             .field("metric_source", &self.metric_source.is_some())
+            .field("traffic_backends", &self.traffic_backends.len())
             .finish()
     }
 }
@@ -96,9 +99,15 @@ impl App {
             compat_machine: RwLock::new(options.compat_machine),
             ready: AtomicBool::new(false),
             metrics: crate::metrics::Metrics::install(),
-            stages: match options.metric_source {
-                Some(source) => levee_stages::Registry::with_metric_source(source),
-                None => levee_stages::Registry::builtin(),
+            stages: {
+                let mut stages = match options.metric_source {
+                    Some(source) => levee_stages::Registry::with_metric_source(source),
+                    None => levee_stages::Registry::builtin(),
+                };
+                for backend in options.traffic_backends {
+                    stages.add_traffic_backend(backend);
+                }
+                stages
             },
             apply_lock: tokio::sync::Mutex::new(()),
             runs: crate::runs::Runs::new(global_pause, notifier),

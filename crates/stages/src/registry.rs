@@ -295,6 +295,8 @@ pub enum RegistryError {
 pub struct Registry {
     stages: BTreeMap<&'static str, Arc<dyn Stage>>,
     checks: BTreeMap<&'static str, Arc<dyn Check>>,
+    /// Named traffic backends `traffic_shift` knows besides HAProxy.
+    traffic_backends: Vec<Arc<dyn crate::TrafficBackend>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -328,6 +330,7 @@ impl Registry {
         let mut registry = Registry {
             stages: BTreeMap::new(),
             checks: BTreeMap::new(),
+            traffic_backends: Vec::new(),
         };
         let stages: [Arc<dyn Stage>; 6] = [
             Arc::new(ShellStage),
@@ -335,7 +338,7 @@ impl Registry {
             Arc::new(WaitStage),
             Arc::new(LogStage),
             Arc::new(RampStage),
-            Arc::new(TrafficShiftStage),
+            Arc::new(TrafficShiftStage::default()),
         ];
         for stage in stages {
             registry.stages.insert(stage.name(), stage);
@@ -359,6 +362,18 @@ impl Registry {
         }
         self.stages.insert(name, stage);
         Ok(())
+    }
+
+    /// Lets `traffic_shift` tasks name `backend` (`backend: sim`) besides HAProxy.
+    pub fn add_traffic_backend(&mut self, backend: Arc<dyn crate::TrafficBackend>) {
+        self.traffic_backends.push(backend);
+        let stage = self
+            .traffic_backends
+            .iter()
+            .fold(TrafficShiftStage::default(), |stage, backend| {
+                stage.with_backend(backend.clone())
+            });
+        self.stages.insert("traffic_shift", Arc::new(stage));
     }
 
     /// Adds a check.

@@ -62,15 +62,23 @@ pub(crate) const TRAFFIC_ARGS: &[ArgSpec] = &[
     ArgSpec {
         name: "haproxy",
         kind: ArgKind::String,
-        required: true,
+        required: false,
         description: "HAProxy's runtime API: a socket path or HOST:PORT (its `stats socket`, at \
-                      `level admin`).",
+                      `level admin`). Give either `haproxy` or `backend`.",
+    },
+    ArgSpec {
+        name: "backend",
+        kind: ArgKind::String,
+        required: false,
+        description: "A traffic backend this server was started with, by name (`sim` for the \
+                      simulated fleet of `levee demo`, whose servers are SERVICE/DC).",
     },
     ArgSpec {
         name: "servers",
         kind: ArgKind::StringList,
         required: true,
-        description: "The servers to shift, as BACKEND/SERVER; each step sets them all.",
+        description: "The servers to shift (BACKEND/SERVER on HAProxy, SERVICE/DC on the \
+                      simulator); each step sets them all.",
     },
     ArgSpec {
         name: "to_weight",
@@ -128,8 +136,14 @@ pub(crate) const TRAFFIC_ARGS: &[ArgSpec] = &[
 ];
 
 #[derive(Clone, Debug)]
+enum Via {
+    Haproxy(HaproxySocket),
+    Named(String),
+}
+
+#[derive(Clone, Debug)]
 struct ShiftArgs {
-    socket: HaproxySocket,
+    via: Via,
     servers: Vec<String>,
     from: Option<u32>,
     to: u32,
@@ -156,8 +170,24 @@ fn weight(parsed: &Args<'_>, name: &str) -> Result<Option<u32>, ArgError> {
 
 fn parse(args: &Value) -> Result<ShiftArgs, ArgError> {
     let parsed = Args::checked(TRAFFIC_ARGS, args)?;
-    let socket = HaproxySocket::parse(parsed.required_string("haproxy")?)
-        .map_err(|why| ArgError::invalid("haproxy", why))?;
+    let via = match (parsed.string("haproxy")?, parsed.string("backend")?) {
+        (Some(socket), None) => Via::Haproxy(
+            HaproxySocket::parse(socket).map_err(|why| ArgError::invalid("haproxy", why))?,
+        ),
+        (None, Some(name)) => Via::Named(name.to_string()),
+        (Some(_), Some(_)) => {
+            return Err(ArgError::invalid(
+                "backend",
+                "give either `haproxy` or `backend`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ArgError::Missing {
+                argument: "haproxy".to_string(),
+                description: TRAFFIC_ARGS[0].description.to_string(),
+            });
+        }
+    };
     let servers = parsed.string_list("servers")?.unwrap_or_default();
     if servers.is_empty() {
         return Err(ArgError::invalid(
@@ -186,13 +216,13 @@ fn parse(args: &Value) -> Result<ShiftArgs, ArgError> {
     }
     let to = weight(&parsed, "to_weight")?.ok_or_else(|| ArgError::Missing {
         argument: "to_weight".to_string(),
-        description: TRAFFIC_ARGS[2].description.to_string(),
+        description: TRAFFIC_ARGS[3].description.to_string(),
     })?;
     let step = Amount::parse(
         "step",
         parsed.get("step").ok_or_else(|| ArgError::Missing {
             argument: "step".to_string(),
-            description: TRAFFIC_ARGS[4].description.to_string(),
+            description: TRAFFIC_ARGS[5].description.to_string(),
         })?,
     )?;
     let first_step = match parsed.get("first_step") {
@@ -200,7 +230,7 @@ fn parse(args: &Value) -> Result<ShiftArgs, ArgError> {
         None => step,
     };
     Ok(ShiftArgs {
-        socket,
+        via,
         servers,
         from: weight(&parsed, "from_weight")?,
         to,
@@ -231,9 +261,51 @@ fn next_weight(current: u32, to: u32, size: f64) -> u32 {
     }
 }
 
-/// Shifts weights on HAProxy in paced, committed steps; see the module docs.
-#[derive(Debug, Default)]
-pub struct TrafficShiftStage;
+/// Shifts weights in paced, committed steps, on HAProxy or a named backend; see the module
+/// docs.
+#[derive(Default)]
+pub struct TrafficShiftStage {
+    backends: std::collections::BTreeMap<String, Arc<dyn TrafficBackend>>,
+}
+
+impl std::fmt::Debug for TrafficShiftStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrafficShiftStage")
+            .field("backends", &self.backends.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl TrafficShiftStage {
+    /// A stage that also knows `backend` by its name (the simulator, say).
+    pub fn with_backend(mut self, backend: Arc<dyn TrafficBackend>) -> TrafficShiftStage {
+        self.backends.insert(backend.name().to_string(), backend);
+        self
+    }
+
+    fn parse(&self, args: &Value) -> Result<ShiftArgs, ArgError> {
+        let shift = parse(args)?;
+        if let Via::Named(name) = &shift.via
+            && !self.backends.contains_key(name)
+        {
+            return Err(ArgError::invalid(
+                "backend",
+                format!(
+                    "this server has no traffic backend `{name}`{}",
+                    if self.backends.is_empty() {
+                        "; use `haproxy: SOCKET`".to_string()
+                    } else {
+                        format!(
+                            "; it has {}",
+                            self.backends.keys().cloned().collect::<Vec<_>>().join(", ")
+                        )
+                    }
+                ),
+            ));
+        }
+        Ok(shift)
+    }
+}
 
 fn failed(error: String, ctx: &StageContext, data: Value) -> StageOutcome {
     StageOutcome::Failed {
@@ -262,7 +334,7 @@ impl Stage for TrafficShiftStage {
     }
 
     fn validate(&self, args: &Value) -> Result<(), ArgError> {
-        parse(args).map(|_| ())
+        self.parse(args).map(|_| ())
     }
 
     fn paced(&self) -> bool {
@@ -274,11 +346,14 @@ impl Stage for TrafficShiftStage {
     }
 
     async fn run(&self, ctx: StageContext, args: &Value) -> StageOutcome {
-        let shift = match parse(args) {
+        let shift = match self.parse(args) {
             Ok(shift) => shift,
             Err(error) => return StageOutcome::invalid_args(error),
         };
-        let backend: Arc<dyn TrafficBackend> = Arc::new(Haproxy::new(shift.socket.clone()));
+        let backend: Arc<dyn TrafficBackend> = match &shift.via {
+            Via::Haproxy(socket) => Arc::new(Haproxy::new(socket.clone())),
+            Via::Named(name) => self.backends[name].clone(),
+        };
         run_shift(ctx, &shift, backend.as_ref()).await
     }
 }
@@ -477,5 +552,12 @@ mod tests {
         let mut bad = base.clone();
         bad["servers"] = json!(["web s1"]);
         assert!(error(bad).contains("BACKEND/SERVER"));
+        let named =
+            json!({ "backend": "sim", "servers": ["web/east"], "to_weight": 0, "step": 50 });
+        let refused = TrafficShiftStage::default()
+            .parse(&named)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("no traffic backend `sim`"), "{refused}");
     }
 }

@@ -1,0 +1,631 @@
+//! A simulated fleet to rehearse drains on: datacenters, services of the four traffic types
+//! with capacity, demand and dependencies, load-balancer weights, and health metrics that
+//! respond to them.
+//!
+//! The model is pure and deterministic: [`Sim`] holds the state, [`Sim::advance`] moves it
+//! by a duration (virtual time; nothing here reads a clock), and every metric is a function
+//! of the state. [`SimHandle`] shares one `Sim` with the engine as a traffic backend
+//! (`traffic_shift` with `backend: sim`, targets `SERVICE/DC`) and a metric source (queries
+//! such as `max(levee_sim_error_ratio{service="web"})`), advancing it in real time.
+//!
+//! How the metrics respond:
+//! - a service's demand splits over its datacenters by weight; `utilisation` is load over
+//!   capacity, and the error ratio climbs once utilisation passes [`OVERLOAD_UTILISATION`]
+//!   (draining too fast into too little capacity breaks the receiving side);
+//! - a service still taking traffic in a datacenter where one of its dependencies has been
+//!   drained calls across datacenters: its latency and errors rise (drain dependents first);
+//! - sticky services keep their sessions for a while after their weight reaches zero, so a
+//!   drain must wait for sessions to fall;
+//! - with every weight at zero, the whole demand is unserved.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use levee_stages::{MetricError, MetricSource, ServerStatus, TrafficBackend};
+use serde::{Deserialize, Serialize};
+
+/// Utilisation above which a datacenter's errors start to rise.
+pub const OVERLOAD_UTILISATION: f64 = 0.85;
+/// The error ratio of a healthy service.
+pub const BASE_ERROR_RATIO: f64 = 0.001;
+/// Errors added while a dependency is drained under a service still taking traffic.
+pub const DRAINED_DEPENDENCY_ERROR_RATIO: f64 = 0.05;
+/// How long sticky sessions take to fall by about two thirds once no new ones arrive, in
+/// milliseconds.
+pub const SESSION_DECAY_MS: f64 = 2_000.0;
+/// Sessions per request/s of load on a sticky service.
+pub const SESSIONS_PER_RPS: f64 = 2.0;
+/// The weight every target starts at.
+pub const FULL_WEIGHT: u32 = 100;
+/// How often [`SimHandle::run_real_time`] advances the simulation, in milliseconds.
+pub const REAL_TIME_TICK_MS: u64 = 100;
+
+/// How a service's traffic must be moved (Maelstrom's four kinds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrafficKind {
+    Stateless,
+    Sticky,
+    Replicated,
+    Stateful,
+}
+
+/// One service as the simulation sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub kind: TrafficKind,
+    /// Requests per second over all datacenters.
+    pub demand_rps: f64,
+    /// Requests per second each datacenter can serve.
+    pub capacity_rps: BTreeMap<String, f64>,
+    /// Services this one calls (RPC) or needs.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+}
+
+/// A fleet to simulate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SimSpec {
+    pub datacenters: Vec<String>,
+    pub services: Vec<ServiceSpec>,
+}
+
+impl SimSpec {
+    /// Two datacenters and four services, one of each traffic kind, with a dependency chain:
+    /// `web` (stateless) calls `sessions` (sticky) and `api` (stateless)... The fleet `levee
+    /// demo` drains. Each datacenter can carry the whole demand of every service (at 77% utilisation).
+    pub fn demo() -> SimSpec {
+        let dcs = ["east", "west"];
+        let service = |name: &str, kind, demand: f64, depends: &[&str]| ServiceSpec {
+            name: name.to_string(),
+            kind,
+            demand_rps: demand,
+            capacity_rps: dcs
+                .iter()
+                .map(|dc| (dc.to_string(), demand * 1.3))
+                .collect(),
+            depends_on: depends.iter().map(|d| d.to_string()).collect(),
+        };
+        SimSpec {
+            datacenters: dcs.iter().map(|d| d.to_string()).collect(),
+            services: vec![
+                service("web", TrafficKind::Stateless, 1_000.0, &["sessions", "api"]),
+                service("sessions", TrafficKind::Sticky, 400.0, &["db"]),
+                service("api", TrafficKind::Stateless, 2_000.0, &["db"]),
+                service("db", TrafficKind::Stateful, 800.0, &[]),
+            ],
+        }
+    }
+}
+
+/// One metric value with its labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub name: &'static str,
+    pub service: String,
+    pub dc: Option<String>,
+    pub value: f64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Target {
+    weight: u32,
+    maintenance: bool,
+    draining: bool,
+    sessions: f64,
+}
+
+/// The simulated fleet's state.
+#[derive(Clone, Debug)]
+pub struct Sim {
+    spec: SimSpec,
+    targets: HashMap<(String, String), Target>,
+    now_ms: i64,
+}
+
+impl Sim {
+    /// A fleet with every target at full weight and sticky sessions at their steady state.
+    pub fn new(spec: SimSpec) -> Result<Sim, String> {
+        if spec.datacenters.is_empty() {
+            return Err("a simulated fleet needs at least one datacenter".to_string());
+        }
+        let names: Vec<&str> = spec.services.iter().map(|s| s.name.as_str()).collect();
+        for service in &spec.services {
+            for dep in &service.depends_on {
+                if !names.contains(&dep.as_str()) {
+                    return Err(format!(
+                        "service `{}` depends on `{dep}`, which is not in the fleet",
+                        service.name
+                    ));
+                }
+            }
+            for dc in service.capacity_rps.keys() {
+                if !spec.datacenters.contains(dc) {
+                    return Err(format!(
+                        "service `{}` has capacity in `{dc}`, which is not a datacenter",
+                        service.name
+                    ));
+                }
+            }
+        }
+        let mut sim = Sim {
+            targets: HashMap::new(),
+            now_ms: 0,
+            spec,
+        };
+        for service in &sim.spec.services {
+            for dc in &sim.spec.datacenters {
+                sim.targets.insert(
+                    (service.name.clone(), dc.clone()),
+                    Target {
+                        weight: FULL_WEIGHT,
+                        ..Target::default()
+                    },
+                );
+            }
+        }
+        for service in sim.spec.services.clone() {
+            if service.kind == TrafficKind::Sticky {
+                for dc in sim.spec.datacenters.clone() {
+                    let load = sim.load(&service, &dc);
+                    if let Some(target) = sim.targets.get_mut(&(service.name.clone(), dc)) {
+                        target.sessions = load * SESSIONS_PER_RPS;
+                    }
+                }
+            }
+        }
+        Ok(sim)
+    }
+
+    pub fn spec(&self) -> &SimSpec {
+        &self.spec
+    }
+
+    /// Virtual time since the start, in milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        self.now_ms
+    }
+
+    fn key(target: &str) -> Result<(String, String), String> {
+        match target.split_once('/') {
+            Some((service, dc)) if !service.is_empty() && !dc.is_empty() => {
+                Ok((service.to_string(), dc.to_string()))
+            }
+            _ => Err(format!("`{target}` is not SERVICE/DC")),
+        }
+    }
+
+    fn target(&self, target: &str) -> Result<&Target, String> {
+        let key = Self::key(target)?;
+        self.targets
+            .get(&key)
+            .ok_or_else(|| format!("the simulated fleet has no `{target}`"))
+    }
+
+    /// Sets a target's weight (`SERVICE/DC`).
+    pub fn set_weight(&mut self, target: &str, weight: u32) -> Result<(), String> {
+        let key = Self::key(target)?;
+        let entry = self
+            .targets
+            .get_mut(&key)
+            .ok_or_else(|| format!("the simulated fleet has no `{target}`"))?;
+        entry.weight = weight;
+        Ok(())
+    }
+
+    /// `ready`, `drain` or `maint`.
+    pub fn set_state(&mut self, target: &str, state: &str) -> Result<(), String> {
+        let key = Self::key(target)?;
+        let entry = self
+            .targets
+            .get_mut(&key)
+            .ok_or_else(|| format!("the simulated fleet has no `{target}`"))?;
+        match state {
+            "ready" => {
+                entry.maintenance = false;
+                entry.draining = false;
+            }
+            "drain" => entry.draining = true,
+            "maint" => {
+                entry.maintenance = true;
+                entry.draining = false;
+            }
+            other => return Err(format!("`{other}` is not ready, drain or maint")),
+        }
+        Ok(())
+    }
+
+    fn effective_weight(&self, service: &str, dc: &str) -> f64 {
+        self.targets
+            .get(&(service.to_string(), dc.to_string()))
+            .map_or(0.0, |t| {
+                if t.maintenance || t.draining {
+                    0.0
+                } else {
+                    f64::from(t.weight)
+                }
+            })
+    }
+
+    /// Requests per second a datacenter receives for a service.
+    fn load(&self, service: &ServiceSpec, dc: &str) -> f64 {
+        let total: f64 = self
+            .spec
+            .datacenters
+            .iter()
+            .map(|d| self.effective_weight(&service.name, d))
+            .sum();
+        if total <= 0.0 {
+            return 0.0;
+        }
+        service.demand_rps * self.effective_weight(&service.name, dc) / total
+    }
+
+    /// Moves virtual time on: sticky sessions follow their load.
+    pub fn advance(&mut self, by: Duration) {
+        let dt = by.as_millis() as f64;
+        self.now_ms += by.as_millis() as i64;
+        let factor = 1.0 - (-dt / SESSION_DECAY_MS).exp();
+        for service in self.spec.services.clone() {
+            if service.kind != TrafficKind::Sticky {
+                continue;
+            }
+            for dc in self.spec.datacenters.clone() {
+                let goal = self.load(&service, &dc) * SESSIONS_PER_RPS;
+                if let Some(target) = self.targets.get_mut(&(service.name.clone(), dc)) {
+                    target.sessions += (goal - target.sessions) * factor;
+                    if target.sessions < 0.5 {
+                        target.sessions = 0.0;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every metric now.
+    pub fn samples(&self) -> Vec<Sample> {
+        let mut samples = Vec::new();
+        for service in &self.spec.services {
+            let total_weight: f64 = self
+                .spec
+                .datacenters
+                .iter()
+                .map(|d| self.effective_weight(&service.name, d))
+                .sum();
+            samples.push(Sample {
+                name: "levee_sim_unserved_ratio",
+                service: service.name.clone(),
+                dc: None,
+                value: if total_weight > 0.0 { 0.0 } else { 1.0 },
+            });
+            for dc in &self.spec.datacenters {
+                let load = self.load(service, dc);
+                let capacity = service.capacity_rps.get(dc).copied().unwrap_or(0.0);
+                let utilisation = if capacity > 0.0 {
+                    load / capacity
+                } else if load > 0.0 {
+                    f64::INFINITY
+                } else {
+                    0.0
+                };
+                let serving = load > 0.0;
+                let drained_deps = service
+                    .depends_on
+                    .iter()
+                    .filter(|dep| serving && self.effective_weight(dep, dc) <= 0.0)
+                    .count() as f64;
+                let overload = (utilisation - OVERLOAD_UTILISATION).max(0.0) * 2.0;
+                let errors = if serving {
+                    (BASE_ERROR_RATIO + overload + drained_deps * DRAINED_DEPENDENCY_ERROR_RATIO)
+                        .min(1.0)
+                } else {
+                    0.0
+                };
+                let latency = if serving {
+                    20.0 * (1.0 + utilisation.min(4.0).powi(4)) + drained_deps * 40.0
+                } else {
+                    0.0
+                };
+                let target = &self.targets[&(service.name.clone(), dc.clone())];
+                let dc = Some(dc.clone());
+                let mut push = |name, value| {
+                    samples.push(Sample {
+                        name,
+                        service: service.name.clone(),
+                        dc: dc.clone(),
+                        value,
+                    })
+                };
+                push("levee_sim_weight", f64::from(target.weight));
+                push("levee_sim_load_rps", load);
+                push("levee_sim_utilisation", utilisation);
+                push("levee_sim_error_ratio", errors);
+                push("levee_sim_latency_ms", latency);
+                push("levee_sim_sessions", target.sessions.round());
+            }
+        }
+        samples
+    }
+
+    /// The metrics in Prometheus's text format.
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut last = "";
+        let mut samples = self.samples();
+        samples.sort_by(|a, b| a.name.cmp(b.name));
+        for sample in samples {
+            if sample.name != last {
+                out.push_str(&format!("# TYPE {} gauge\n", sample.name));
+                last = sample.name;
+            }
+            let value = if sample.value.is_infinite() {
+                "+Inf".to_string()
+            } else {
+                sample.value.to_string()
+            };
+            match &sample.dc {
+                Some(dc) => out.push_str(&format!(
+                    "{}{{service=\"{}\",dc=\"{}\"}} {value}\n",
+                    sample.name, sample.service, dc
+                )),
+                None => out.push_str(&format!(
+                    "{}{{service=\"{}\"}} {value}\n",
+                    sample.name, sample.service
+                )),
+            }
+        }
+        out
+    }
+
+    /// Answers a query of the form `[max|min|sum|avg(]NAME[{label="value",...}][)]`.
+    pub fn query(&self, query: &str) -> Result<f64, MetricError> {
+        let parsed = Query::parse(query).map_err(|reason| MetricError::Unreachable {
+            reason: format!("the simulator cannot read `{query}`: {reason}"),
+        })?;
+        let values: Vec<f64> = self
+            .samples()
+            .into_iter()
+            .filter(|s| s.name == parsed.name)
+            .filter(|s| {
+                parsed.labels.iter().all(|(k, v)| match k.as_str() {
+                    "service" => &s.service == v,
+                    "dc" => s.dc.as_deref() == Some(v.as_str()),
+                    _ => false,
+                })
+            })
+            .map(|s| s.value)
+            .collect();
+        if values.is_empty() {
+            return Err(MetricError::NoData {
+                query: query.to_string(),
+            });
+        }
+        let value = match parsed.aggregate.as_deref() {
+            None if values.len() == 1 => values[0],
+            None => {
+                return Err(MetricError::Ambiguous {
+                    query: query.to_string(),
+                    series: values.len(),
+                });
+            }
+            Some("max") => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            Some("min") => values.iter().copied().fold(f64::INFINITY, f64::min),
+            Some("sum") => values.iter().sum(),
+            Some(_) => values.iter().sum::<f64>() / values.len() as f64,
+        };
+        if value.is_nan() {
+            return Err(MetricError::NotANumber {
+                query: query.to_string(),
+            });
+        }
+        Ok(value)
+    }
+
+    fn status(&self, target: &str) -> Result<ServerStatus, String> {
+        let t = self.target(target)?;
+        Ok(ServerStatus {
+            weight: t.weight,
+            initial_weight: FULL_WEIGHT,
+            maintenance: t.maintenance,
+            draining: t.draining,
+            up: true,
+            sessions: t.sessions.round() as u64,
+        })
+    }
+}
+
+struct Query {
+    aggregate: Option<String>,
+    name: String,
+    labels: Vec<(String, String)>,
+}
+
+impl Query {
+    fn parse(text: &str) -> Result<Query, String> {
+        let text = text.trim();
+        let (aggregate, inner) = match text.split_once('(') {
+            Some((agg, rest)) => {
+                let agg = agg.trim();
+                if !matches!(agg, "max" | "min" | "sum" | "avg") {
+                    return Err(format!("`{agg}` is not max, min, sum or avg"));
+                }
+                let inner = rest
+                    .trim_end()
+                    .strip_suffix(')')
+                    .ok_or("a `(` without its `)`")?;
+                (Some(agg.to_string()), inner.trim())
+            }
+            None => (None, text),
+        };
+        let (name, labels) = match inner.split_once('{') {
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').ok_or("a `{` without its `}`")?;
+                let mut labels = Vec::new();
+                for pair in body.split(',').filter(|p| !p.trim().is_empty()) {
+                    let (k, v) = pair.split_once('=').ok_or("a label without `=`")?;
+                    let v = v.trim();
+                    let v = v
+                        .strip_prefix('"')
+                        .and_then(|v| v.strip_suffix('"'))
+                        .ok_or("label values are quoted")?;
+                    labels.push((k.trim().to_string(), v.to_string()));
+                }
+                (name.trim(), labels)
+            }
+            None => (inner, Vec::new()),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("`{name}` is not a metric name"));
+        }
+        Ok(Query {
+            aggregate,
+            name: name.to_string(),
+            labels,
+        })
+    }
+}
+
+/// One simulation shared by the engine (as a traffic backend and a metric source) and
+/// whatever advances it.
+#[derive(Clone, Debug)]
+pub struct SimHandle {
+    sim: Arc<Mutex<Sim>>,
+}
+
+impl SimHandle {
+    pub fn new(sim: Sim) -> SimHandle {
+        SimHandle {
+            sim: Arc::new(Mutex::new(sim)),
+        }
+    }
+
+    /// Reads or changes the simulation.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Sim) -> T) -> T {
+        let mut sim = self.sim.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut sim)
+    }
+
+    /// Advances the simulation with the wall clock, every [`REAL_TIME_TICK_MS`], until the
+    /// handle's last other clone is dropped... or forever; run it in its own task.
+    pub async fn run_real_time(self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(REAL_TIME_TICK_MS));
+        let mut last = tokio::time::Instant::now();
+        loop {
+            tick.tick().await;
+            let now = tokio::time::Instant::now();
+            let by = now - last;
+            last = now;
+            self.with(|sim| sim.advance(by));
+        }
+    }
+}
+
+#[async_trait]
+impl MetricSource for SimHandle {
+    async fn query(&self, query: &str) -> Result<f64, MetricError> {
+        self.with(|sim| sim.query(query))
+    }
+}
+
+#[async_trait]
+impl TrafficBackend for SimHandle {
+    fn name(&self) -> &'static str {
+        "sim"
+    }
+
+    async fn status(&self, target: &str) -> Result<ServerStatus, String> {
+        self.with(|sim| sim.status(target))
+    }
+
+    async fn set_weight(&self, target: &str, weight: u32) -> Result<(), String> {
+        self.with(|sim| sim.set_weight(target, weight))
+    }
+
+    async fn set_state(&self, target: &str, state: &str) -> Result<(), String> {
+        self.with(|sim| sim.set_state(target, state))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo() -> Sim {
+        Sim::new(SimSpec::demo()).unwrap()
+    }
+
+    #[test]
+    fn a_balanced_fleet_is_healthy() {
+        let sim = demo();
+        assert_eq!(
+            sim.query("max(levee_sim_error_ratio{service=\"web\"})"),
+            Ok(BASE_ERROR_RATIO)
+        );
+        assert!(matches!(
+            sim.query("levee_sim_error_ratio{service=\"web\"}"),
+            Err(MetricError::Ambiguous { series: 2, .. })
+        ));
+        assert!(matches!(
+            sim.query("levee_sim_nothing"),
+            Err(MetricError::NoData { .. })
+        ));
+        assert!(sim.query("rate(x[5m])").is_err());
+    }
+
+    #[test]
+    fn draining_a_service_before_its_dependents_raises_their_errors() {
+        let mut sim = demo();
+        sim.set_weight("db/east", 0).unwrap();
+        let api_east = sim
+            .query("levee_sim_error_ratio{service=\"api\",dc=\"east\"}")
+            .unwrap();
+        assert!(api_east >= DRAINED_DEPENDENCY_ERROR_RATIO, "{api_east}");
+        // Dependents first: with api and web gone from east, nothing there calls db.
+        let mut sim = demo();
+        for target in ["web/east", "sessions/east", "api/east", "db/east"] {
+            sim.set_weight(target, 0).unwrap();
+            sim.advance(Duration::from_secs(60));
+        }
+        assert!(
+            sim.query("max(levee_sim_error_ratio)").unwrap() < 0.05,
+            "{}",
+            sim.render_prometheus()
+        );
+    }
+
+    #[test]
+    fn overloading_the_receiving_side_raises_its_errors() {
+        let mut sim = demo();
+        let mut spec = SimSpec::demo();
+        spec.services[0].capacity_rps.insert("west".into(), 600.0);
+        sim = Sim::new(spec).unwrap_or(sim);
+        sim.set_weight("web/east", 0).unwrap();
+        let west = sim
+            .query("levee_sim_error_ratio{service=\"web\",dc=\"west\"}")
+            .unwrap();
+        assert!(west > 0.5, "{west}");
+    }
+
+    #[test]
+    fn sticky_sessions_fall_over_time_after_the_weight_reaches_zero() {
+        let mut sim = demo();
+        sim.set_weight("sessions/east", 0).unwrap();
+        let before = sim.status("sessions/east").unwrap().sessions;
+        assert!(before > 300, "{before}");
+        sim.advance(Duration::from_secs(5));
+        let later = sim.status("sessions/east").unwrap().sessions;
+        assert!(later < before && later > 0, "{later}");
+        sim.advance(Duration::from_secs(60));
+        assert_eq!(sim.status("sessions/east").unwrap().sessions, 0);
+    }
+
+    #[test]
+    fn the_exposition_is_prometheus_text() {
+        let text = demo().render_prometheus();
+        assert!(text.contains("# TYPE levee_sim_error_ratio gauge"));
+        assert!(text.contains("levee_sim_weight{service=\"web\",dc=\"east\"} 100"));
+    }
+}
