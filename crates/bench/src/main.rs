@@ -41,6 +41,9 @@ enum Command {
     /// Runs runbooks of no-op tasks (wide, deep, random DAG) end to end on SQLite in this
     /// process, next to a raw SQLite commit loop and the scheduler alone; prints tasks/s.
     Runs(RunsArgs),
+    /// Plans evacuation runbooks from generated call graphs (1,000 services by default),
+    /// next to the time to merely read the graph's JSON.
+    Deps(DepsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,6 +125,16 @@ struct SuiteArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct DepsArgs {
+    /// Services in the generated call graph.
+    #[arg(long, default_value_t = 1_000)]
+    services: usize,
+    /// Times each measurement is repeated (the median is printed).
+    #[arg(long, default_value_t = 9)]
+    repeats: usize,
+}
+
+#[derive(Debug, clap::Args)]
 struct RunsArgs {
     /// Tasks per runbook (at most 10,000, the most one runbook may hold).
     #[arg(long, default_value_t = runs::TASKS_DEFAULT)]
@@ -184,7 +197,51 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Suite(args) => run_suite(args).await,
         Command::Runs(args) => run_runs(args).await,
+        Command::Deps(args) => {
+            run_deps(&args);
+            Ok(())
+        }
     }
+}
+
+/// Median wall time of `repeats` runs of `f`, in milliseconds.
+fn median_ms(repeats: usize, mut f: impl FnMut()) -> f64 {
+    let mut times: Vec<f64> = (0..repeats.max(1))
+        .map(|_| {
+            let started = std::time::Instant::now();
+            f();
+            started.elapsed().as_secs_f64() * 1_000.0
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn run_deps(args: &DepsArgs) {
+    use levee_sim::deps;
+    let edges = deps::generated_graph(args.services, 42);
+    let json = serde_json::to_string(&edges).expect("edges serialise");
+    let read_ms = median_ms(args.repeats, || {
+        std::hint::black_box(deps::parse_jaeger(&json).expect("the generated graph parses"));
+    });
+    let mut tasks = 0;
+    let plan_ms = median_ms(args.repeats, || {
+        let plan = deps::plan_drain(&edges, &[]).expect("the generated graph plans");
+        let yaml = deps::runbook_yaml(&plan, "evacuate", "shift-out", deps::Direction::Evacuate);
+        tasks = plan.drain_after.len();
+        std::hint::black_box(yaml);
+    });
+    println!(
+        "Dependency planning: {} services, {} edges, {tasks} tasks generated",
+        args.services,
+        edges.len()
+    );
+    println!("  read the Jaeger JSON (baseline): {read_ms:.2} ms");
+    println!(
+        "  plan + generate the runbook:     {plan_ms:.2} ms ({:.1}x the read; goal < 1,000 ms: {})",
+        plan_ms / read_ms.max(f64::MIN_POSITIVE),
+        if plan_ms < 1_000.0 { "ok" } else { "MISS" }
+    );
 }
 
 async fn run_load(args: LoadArgs) -> Result<()> {

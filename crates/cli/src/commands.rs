@@ -55,6 +55,9 @@ pub struct Cli {
 pub enum Command {
     /// Runs the server.
     Serve(serve::ServeArgs),
+    /// Plans from the RPC dependency graph: `levee deps plan --jaeger deps.json`.
+    #[command(subcommand)]
+    Deps(crate::deps::DepsCommand),
     /// Evacuates a datacenter of a simulated fleet, live, on the embedded database: the
     /// quickest way to see what Levee does. Keeps serving afterwards until Ctrl-C.
     Demo(crate::demo::DemoArgs),
@@ -432,6 +435,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             .await
             .map(|()| EXIT_OK)
             .map_err(CliError::from),
+        Command::Deps(command) => crate::deps::deps(command).await,
         Command::Demo(args) => crate::demo::run(args).await.map_err(CliError::from),
         Command::Validate(args) => Ok(validate(&args)),
         Command::Apply(args) => apply(&args).await,

@@ -3,6 +3,7 @@
 mod client;
 mod commands;
 mod demo;
+mod deps;
 mod runs;
 mod serve;
 mod sse;

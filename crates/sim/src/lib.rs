@@ -18,6 +18,8 @@
 //!   drain must wait for sessions to fall;
 //! - with every weight at zero, the whole demand is unserved.
 
+pub mod deps;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
