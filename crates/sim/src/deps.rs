@@ -370,6 +370,18 @@ fn task_id(service: &str) -> String {
 /// A `kind: Runbook` that evacuates (callers first) or restores (callees first) every service
 /// of the plan, each task an instance of `template` with `service` and `dc` parameters.
 pub fn runbook_yaml(plan: &DrainPlan, name: &str, template: &str, direction: Direction) -> String {
+    runbook_yaml_with_health(plan, name, template, direction, None)
+}
+
+/// [`runbook_yaml`], each task also gated on `max(METRIC{service="S"}) < BELOW` when
+/// `health` is `Some((METRIC, BELOW))`.
+pub fn runbook_yaml_with_health(
+    plan: &DrainPlan,
+    name: &str,
+    template: &str,
+    direction: Direction,
+    health: Option<(&str, f64)>,
+) -> String {
     let mut needs: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (service, before) in &plan.drain_after {
         needs.entry(service.as_str()).or_default();
@@ -417,6 +429,11 @@ pub fn runbook_yaml(plan: &DrainPlan, name: &str, template: &str, direction: Dir
         out.push_str(&format!(
             "    with: {{ service: \"{service}\", dc: \"{{{{ params.dc }}}}\" }}\n"
         ));
+        if let Some((metric, below)) = health {
+            out.push_str(&format!(
+                "    health:\n      - metric: {{ query: 'max({metric}{{service=\"{service}\"}})', below: {below} }}\n"
+            ));
+        }
     }
     out
 }

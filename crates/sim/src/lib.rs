@@ -36,9 +36,11 @@ pub const BASE_ERROR_RATIO: f64 = 0.001;
 pub const DRAINED_DEPENDENCY_ERROR_RATIO: f64 = 0.05;
 /// How long sticky sessions take to fall by about two thirds once no new ones arrive, in
 /// milliseconds.
-pub const SESSION_DECAY_MS: f64 = 2_000.0;
+pub const SESSION_DECAY_MS: f64 = 1_000.0;
 /// Sessions per request/s of load on a sticky service.
 pub const SESSIONS_PER_RPS: f64 = 2.0;
+/// The utilisation of a generated fleet's datacenters once one datacenter is drained.
+pub const GENERATED_UTILISATION_WITH_ONE_DOWN: f64 = 0.75;
 /// The weight every target starts at.
 pub const FULL_WEIGHT: u32 = 100;
 /// How often [`SimHandle::run_real_time`] advances the simulation, in milliseconds.
@@ -79,6 +81,70 @@ impl SimSpec {
     /// Two datacenters and four services, one of each traffic kind, with a dependency chain:
     /// `web` (stateless) calls `sessions` (sticky) and `api` (stateless)... The fleet `levee
     /// demo` drains. Each datacenter can carry the whole demand of every service (at 77% utilisation).
+    /// A fleet of `services` services over `datacenters`, with the layered call graph of
+    /// [`deps::generated_graph`] (deterministic from `seed`): about 60% stateless, 15% sticky,
+    /// 15% replicated and 10% stateful services; entry points carry the most demand. Every
+    /// datacenter has the capacity to carry its share of the demand with one datacenter gone,
+    /// at [`GENERATED_UTILISATION_WITH_ONE_DOWN`].
+    pub fn generated(
+        services: usize,
+        datacenters: &[&str],
+        seed: u64,
+    ) -> (SimSpec, Vec<deps::Edge>) {
+        let edges = deps::generated_graph(services, seed);
+        let mut callers: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut names: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+        for edge in &edges {
+            *callers.entry(edge.child.as_str()).or_default() += 1;
+            names.insert(&edge.parent);
+            names.insert(&edge.child);
+        }
+        let survivors = datacenters.len().saturating_sub(1).max(1) as f64;
+        let specs = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let kind = match (i as u64).wrapping_mul(2654435761).wrapping_add(seed) % 20 {
+                    0..=11 => TrafficKind::Stateless,
+                    12..=14 => TrafficKind::Sticky,
+                    15..=17 => TrafficKind::Replicated,
+                    _ => TrafficKind::Stateful,
+                };
+                let demand = if callers.contains_key(name) {
+                    300.0
+                } else {
+                    1_000.0
+                };
+                ServiceSpec {
+                    name: name.to_string(),
+                    kind,
+                    demand_rps: demand,
+                    capacity_rps: datacenters
+                        .iter()
+                        .map(|dc| {
+                            (
+                                dc.to_string(),
+                                demand / survivors / GENERATED_UTILISATION_WITH_ONE_DOWN,
+                            )
+                        })
+                        .collect(),
+                    depends_on: edges
+                        .iter()
+                        .filter(|e| e.parent == *name)
+                        .map(|e| e.child.clone())
+                        .collect(),
+                }
+            })
+            .collect();
+        (
+            SimSpec {
+                datacenters: datacenters.iter().map(|d| d.to_string()).collect(),
+                services: specs,
+            },
+            edges,
+        )
+    }
+
     pub fn demo() -> SimSpec {
         let dcs = ["east", "west"];
         let service = |name: &str, kind, demand: f64, depends: &[&str]| ServiceSpec {
@@ -629,5 +695,42 @@ mod tests {
         let text = demo().render_prometheus();
         assert!(text.contains("# TYPE levee_sim_error_ratio gauge"));
         assert!(text.contains("levee_sim_weight{service=\"web\",dc=\"east\"} 100"));
+    }
+}
+
+#[cfg(test)]
+mod generated_tests {
+    use super::*;
+
+    #[test]
+    fn draining_a_generated_fleet_callers_first_keeps_every_service_healthy() {
+        let (spec, edges) = SimSpec::generated(100, &["east", "west", "central"], 7);
+        let mut sim = Sim::new(spec).unwrap();
+        assert!(sim.query("max(levee_sim_error_ratio)").unwrap() < 0.01);
+        let plan = deps::plan_drain(&edges, &[]).unwrap();
+        let mut drained: std::collections::BTreeSet<String> = Default::default();
+        while drained.len() < plan.drain_after.len() {
+            let next: Vec<String> = plan
+                .drain_after
+                .iter()
+                .filter(|(s, before)| {
+                    !drained.contains(*s) && before.iter().all(|b| drained.contains(b))
+                })
+                .map(|(s, _)| s.clone())
+                .collect();
+            assert!(!next.is_empty(), "the plan is stuck");
+            for service in next {
+                sim.set_weight(&format!("{service}/east"), 0).unwrap();
+                drained.insert(service);
+            }
+            let worst = sim.query("max(levee_sim_error_ratio)").unwrap();
+            assert!(worst < 0.05, "errors rose to {worst}");
+        }
+        // Draining what is called before its callers breaks them.
+        let (spec, _) = SimSpec::generated(100, &["east", "west", "central"], 7);
+        let mut sim = Sim::new(spec).unwrap();
+        let callee = &edges[0].child;
+        sim.set_weight(&format!("{callee}/east"), 0).unwrap();
+        assert!(sim.query("max(levee_sim_error_ratio)").unwrap() >= 0.05);
     }
 }
