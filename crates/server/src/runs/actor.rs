@@ -228,6 +228,7 @@ impl Actor {
                 },
                 outputs: std::mem::take(&mut turn.outputs),
                 audits: std::mem::take(&mut turn.audits),
+                epoch: None,
             };
             if let Err(error) = self.commit(commit).await {
                 // Another writer changed the run: this process's view is stale. Stop acting
