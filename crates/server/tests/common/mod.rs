@@ -146,7 +146,13 @@ pub async fn start_with(options: Options) -> TestServer {
     } else {
         clock.clone()
     };
-    let app = App::open(Arc::new(store), app_clock, AppOptions::default())
+    // A stopped test server interrupts its task attempts at once, as a killed process would:
+    // the restart tests are about what the next process makes of them.
+    let app_options = AppOptions {
+        shutdown_steps_grace_ms: Some(0),
+        ..AppOptions::default()
+    };
+    let app = App::open(Arc::new(store), app_clock, app_options)
         .await
         .expect("open the app");
     if let Some((name, content)) = &options.machine_file {
