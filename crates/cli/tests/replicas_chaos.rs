@@ -654,3 +654,108 @@ async fn a_replica_frozen_past_its_lease_is_fenced_and_gives_up() {
     store.close().await;
     drop(database);
 }
+
+/// The SIGTERM test waits this long for the replica to exit.
+const SHUTDOWN_TIMEOUT_MS: u64 = 60_000;
+
+async fn control(
+    client: &reqwest::Client,
+    replica: &Replica,
+    id: &str,
+    control: &str,
+) -> (u16, String) {
+    let answer = client
+        .post(format!("{}/api/v1/runs/{id}/controls", replica.url))
+        .json(&json!({ "control": control, "reason": "chaos test" }))
+        .send()
+        .await
+        .expect("send a control");
+    (
+        answer.status().as_u16(),
+        answer.text().await.unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controls_reach_the_owner_and_sigterm_hands_its_runs_over() {
+    let Some(database) = TestDatabase::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let client = client();
+    let store = PostgresStore::connect(&database.url)
+        .await
+        .expect("connect the test's store");
+    let mut a = start_replica(dir.path(), &database.url, "a.log").await;
+    let mut yaml = String::from("kind: Runbook\nname: handover\nmax_parallel: 1\ntasks:\n");
+    for i in 0..FREEZE_TASKS {
+        yaml.push_str(&format!(
+            "  - id: h{i:02}\n    stage: wait\n    with: {{ duration: {FREEZE_TASK_WAIT_MS}ms }}\n"
+        ));
+        if i > 0 {
+            yaml.push_str(&format!("    needs: [h{:02}]\n", i - 1));
+        }
+    }
+    let id = apply_and_start(&client, &a, &yaml, "handover").await;
+    let b = start_replica(dir.path(), &database.url, "b.log").await;
+    let owner = store.run_owner(&id).await.unwrap().unwrap();
+    assert!(
+        owner.owner.as_deref().is_some_and(|o| a.is(o)),
+        "A holds the run: {owner:?}"
+    );
+
+    // A control sent to B is decided by A, the owner.
+    let (status, body) = control(&client, &b, &id, "pause").await;
+    assert_eq!(status, 200, "{body}");
+    let run = store.load_run(&id).await.unwrap().unwrap();
+    assert_eq!(run.state.run.status.name(), "paused");
+    let owner = store.run_owner(&id).await.unwrap().unwrap();
+    assert!(
+        owner.owner.as_deref().is_some_and(|o| a.is(o)),
+        "still A's: {owner:?}"
+    );
+    let (status, body) = control(&client, &b, &id, "resume").await;
+    assert_eq!(status, 200, "{body}");
+
+    // SIGTERM: A finishes, releases the run, and exits 0; B takes the run over and ends it.
+    a.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_TIMEOUT_MS);
+    let exit = loop {
+        if let Some(exit) = a.child.try_wait().expect("wait for A") {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A did not exit:\n{}",
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+    };
+    assert!(
+        exit.success(),
+        "A exits 0 on SIGTERM: {exit:?}\n{}",
+        a.log_text()
+    );
+    let deadline = Instant::now() + Duration::from_millis(RUN_FINISH_TIMEOUT_MS);
+    loop {
+        let run = store.load_run(&id).await.unwrap().unwrap();
+        if run.state.run.status.is_ended() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not finish: {:?}",
+            run.state.run
+        );
+        tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+    }
+    check_record(&store, &id, FREEZE_TASKS).await;
+    let owner = store.run_owner(&id).await.unwrap().unwrap();
+    assert!(
+        owner.owner.as_deref().is_some_and(|o| b.is(o)),
+        "B took the run over: {owner:?}"
+    );
+    drop(b);
+    store.close().await;
+    drop(database);
+}
