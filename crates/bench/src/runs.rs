@@ -1069,6 +1069,67 @@ impl Store for CountingStore {
         self.inner.set_setting(key, value, audit).await
     }
 
+    async fn claim_runs(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+        limit: u32,
+    ) -> levee_store::Result<Vec<levee_store::Lease>> {
+        self.inner.claim_runs(owner, now_ms, ttl_ms, limit).await
+    }
+
+    async fn claim_run(
+        &self,
+        run_id: &str,
+        owner: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> levee_store::Result<Option<levee_store::Lease>> {
+        self.inner.claim_run(run_id, owner, now_ms, ttl_ms).await
+    }
+
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        leases: &[levee_store::Lease],
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> levee_store::Result<Vec<levee_store::Lease>> {
+        self.inner.renew_leases(owner, leases, now_ms, ttl_ms).await
+    }
+
+    async fn release_leases(
+        &self,
+        owner: &str,
+        leases: &[levee_store::Lease],
+    ) -> levee_store::Result<u64> {
+        self.inner.release_leases(owner, leases).await
+    }
+
+    async fn run_owner(&self, run_id: &str) -> levee_store::Result<Option<levee_store::RunOwner>> {
+        self.inner.run_owner(run_id).await
+    }
+
+    async fn heartbeat(
+        &self,
+        id: &str,
+        address: &str,
+        started_at_ms: i64,
+        now_ms: i64,
+    ) -> levee_store::Result<()> {
+        self.inner
+            .heartbeat(id, address, started_at_ms, now_ms)
+            .await
+    }
+
+    async fn replicas(
+        &self,
+        seen_since_ms: i64,
+    ) -> levee_store::Result<Vec<levee_store::ReplicaRecord>> {
+        self.inner.replicas(seen_since_ms).await
+    }
+
     async fn close(&self) {
         self.inner.close().await;
     }

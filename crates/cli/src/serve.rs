@@ -36,7 +36,19 @@ pub struct ServeArgs {
     /// without it every metric check fails closed.
     #[arg(long, env = "LEVEE_PROMETHEUS_URL", value_name = "URL")]
     pub prometheus: Option<String>,
+    /// Where other replicas reach this one, to forward controls of the runs it executes
+    /// (`http://host:port`). Default: `http://` and the address it listens on.
+    #[arg(long, env = "LEVEE_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// How long a run lease lasts unless renewed, in milliseconds: a dead replica's runs are
+    /// taken over after about this long. Renewed every third of it.
+    #[arg(long, env = "LEVEE_LEASE_TTL_MS", default_value_t = levee_server::replica::LEASE_TTL_MS)]
+    pub lease_ttl_ms: u64,
 }
+
+/// Shortest lease time `levee serve` accepts: renewals every third of it must fit between
+/// the store's round trips.
+pub const MIN_LEASE_TTL_MS: u64 = 300;
 
 pub async fn open_store(url: &str) -> anyhow::Result<DynStore> {
     if url.starts_with("sqlite:") {
@@ -77,8 +89,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    if args.lease_ttl_ms < MIN_LEASE_TTL_MS {
+        anyhow::bail!(
+            "--lease-ttl-ms {} is too short: at least {MIN_LEASE_TTL_MS} ms",
+            args.lease_ttl_ms
+        );
+    }
+    // Bound before the app opens, so the replica announces the address it really has.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
     let options = AppOptions {
         webhooks,
+        lease_ttl_ms: Some(args.lease_ttl_ms),
+        address: args
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{local}")),
         metric_source,
         ..AppOptions::default()
     };
@@ -106,10 +134,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             database
         );
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let local = listener.local_addr()?;
     tracing::info!(
         address = %format!("http://{local}"),
         store = %database,

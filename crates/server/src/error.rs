@@ -103,6 +103,11 @@ impl From<levee_store::Error> for ApiError {
                 )
             }
             levee_store::Error::Corrupt(message) => ApiError::internal(message),
+            levee_store::Error::Fenced(message) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "lease_lost",
+                format!("another replica took the run over; retry: {message}"),
+            ),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod http;
 pub mod machines;
 pub mod metrics;
 pub mod openapi;
+pub mod replica;
 pub mod runbooks;
 pub mod runs;
 pub mod serve;

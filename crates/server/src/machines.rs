@@ -43,6 +43,17 @@ pub struct AppOptions {
     pub metric_source: Option<Arc<dyn levee_stages::MetricSource>>,
     /// Traffic backends `traffic_shift` tasks may name (`backend: sim`) besides HAProxy.
     pub traffic_backends: Vec<Arc<dyn levee_stages::TrafficBackend>>,
+    /// How long a run lease lasts unless renewed; `None` is [`crate::replica::LEASE_TTL_MS`].
+    pub lease_ttl_ms: Option<u64>,
+    /// How often server-wide settings are re-read; `None` is
+    /// [`crate::replica::GLOBAL_STATE_POLL_MS`].
+    pub global_state_poll_ms: Option<u64>,
+    /// How long running task attempts get to finish on shutdown; `None` is
+    /// [`crate::serve::SHUTDOWN_STEPS_GRACE_MS`].
+    pub shutdown_steps_grace_ms: Option<u64>,
+    /// Where other replicas reach this one (`http://host:port`), to forward controls of runs
+    /// it executes. Empty: nobody can forward to it (a lone replica).
+    pub address: String,
 }
 
 impl std::fmt::Debug for AppOptions {
@@ -52,6 +63,8 @@ impl std::fmt::Debug for AppOptions {
             .field("webhooks", &self.webhooks)
             .field("metric_source", &self.metric_source.is_some())
             .field("traffic_backends", &self.traffic_backends.len())
+            .field("lease_ttl_ms", &self.lease_ttl_ms)
+            .field("address", &self.address)
             .finish()
     }
 }
@@ -73,6 +86,8 @@ pub struct App {
     apply_lock: tokio::sync::Mutex<()>,
     /// Runbook runs: their actors, the global pause, event-stream notices, webhooks.
     pub runs: crate::runs::Runs,
+    /// This process as a replica: its id and the run leases it holds.
+    pub replica: crate::replica::Replica,
 }
 
 impl App {
@@ -83,6 +98,7 @@ impl App {
         options: AppOptions,
     ) -> anyhow::Result<Arc<App>> {
         let auth = Auth::load(&store).await?;
+        let clock_now = clock.now_ms();
         let global_pause = crate::runs::load_global_pause(&store).await?;
         let notifier = if options.webhooks.urls.is_empty() {
             crate::webhooks::Notifier::disabled()
@@ -111,9 +127,30 @@ impl App {
             },
             apply_lock: tokio::sync::Mutex::new(()),
             runs: crate::runs::Runs::new(global_pause, notifier),
+            replica: crate::replica::Replica::new(
+                options.address,
+                clock_now,
+                options.lease_ttl_ms.unwrap_or(crate::replica::LEASE_TTL_MS),
+                options
+                    .global_state_poll_ms
+                    .unwrap_or(crate::replica::GLOBAL_STATE_POLL_MS),
+                options
+                    .shutdown_steps_grace_ms
+                    .unwrap_or(crate::serve::SHUTDOWN_STEPS_GRACE_MS),
+            ),
         };
         app.reload().await?;
         let app = Arc::new(app);
+        let replica = &app.replica;
+        app.store
+            .heartbeat(
+                &replica.id,
+                &replica.address,
+                replica.started_at_ms,
+                clock_now,
+            )
+            .await?;
+        tracing::info!(replica = %replica.id, lease_ttl_ms = replica.lease_ttl_ms, "replica started");
         app.recover_runs().await?;
         app.ready.store(true, Ordering::SeqCst);
         Ok(app)

@@ -112,6 +112,11 @@ impl Metrics {
         metrics::counter!("levee_runs_created_total").increment(1);
     }
 
+    /// A run commit the store refused because this replica's lease epoch was stale.
+    pub fn fenced_commit(&self) {
+        metrics::counter!("levee_run_commits_fenced_total").increment(1);
+    }
+
     pub fn run_finished(&self, status: levee_engine::runbook::RunStatus) {
         metrics::counter!("levee_runs_finished_total", "status" => status.name()).increment(1);
     }

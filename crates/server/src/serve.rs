@@ -19,6 +19,10 @@ use crate::App;
 pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// On shutdown, in-flight requests get this long to finish.
 pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
+/// On shutdown, running task attempts get this long (from the signal) to finish and be
+/// committed before they are cancelled and the replica's leases released (unless
+/// `AppOptions::shutdown_steps_grace_ms` says otherwise).
+pub const SHUTDOWN_STEPS_GRACE_MS: u64 = 20_000;
 
 #[derive(Clone, Debug, Default)]
 pub struct ServeOptions {}
@@ -39,6 +43,12 @@ pub async fn serve(
         }
     }));
     let tokens = tokio::spawn(crate::timers::refresh_tokens(app.clone(), {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        }
+    }));
+    let replica = tokio::spawn(crate::replica::run(app.clone(), {
         let mut stop = stop_rx.clone();
         async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
@@ -82,16 +92,23 @@ pub async fn serve(
             }
         });
     }
+    // Unready first, then no new claims or connections; in-flight requests and steps finish
+    // (bounded), and the leases are released so other replicas take the runs over at once.
     app.set_ready(false);
+    app.replica.stop_claiming();
+    let steps_deadline =
+        tokio::time::Instant::now() + Duration::from_millis(app.replica.shutdown_steps_grace_ms);
     drop(listener);
-    let _ = stop_tx.send(true);
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(Duration::from_millis(SHUTDOWN_GRACE_MS)) => {
             tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE_MS} ms; closing");
         }
     }
+    app.drain_runs(steps_deadline).await;
+    let _ = stop_tx.send(true);
     let _ = timers.await;
     let _ = tokens.await;
+    let _ = replica.await;
     Ok(())
 }

@@ -35,8 +35,8 @@ use levee_model::{DEFAULT_EVENT, DefFormat, EventTransition, MachineDef, StateDe
 use serde_json::json;
 
 use crate::{
-    AuditEntry, AuditFilter, CreatedRun, Error, MachineFilter, MachineOp, NewDefinition, NewRun,
-    OpOutcome, RunCommit, RunFilter, Store, StoredRun, TaskOutput, TokenRecord,
+    AuditEntry, AuditFilter, CreatedRun, Error, Lease, MachineFilter, MachineOp, NewDefinition,
+    NewRun, OpOutcome, RunCommit, RunFilter, Store, StoredRun, TaskOutput, TokenRecord,
 };
 
 /// The clock every case uses: the store never reads the clock itself.
@@ -108,6 +108,12 @@ macro_rules! conformance_tests {
             ids_and_names_sort_by_their_bytes,
             json_round_trips_as_given,
             task_output_text_keeps_every_character,
+            leases_claim_active_runs_once_each,
+            a_commit_with_a_stale_epoch_is_fenced_and_changes_nothing,
+            renewal_after_a_takeover_reports_the_lease_lost,
+            released_leases_are_claimed_at_once,
+            concurrent_claimers_never_share_a_run_at_one_epoch,
+            replicas_list_their_heartbeats_and_leases,
         );
     };
     (@cases $mode:ident $make:path; $($case:ident),* $(,)?) => {
@@ -1326,6 +1332,7 @@ impl TestRun {
             change,
             outputs: Vec::new(),
             audits: Vec::new(),
+            epoch: None,
         }
     }
 
@@ -2235,6 +2242,431 @@ pub async fn task_output_text_keeps_every_character<S: Store>(store: S) {
     assert_eq!(
         store.task_outputs("run-1", "a").await.unwrap(),
         vec![printed]
+    );
+    store.close().await;
+}
+
+/// The lease time the lease cases give: long against the cases' own steps, so a lease only
+/// expires when a case moves its clock past it.
+pub const TEST_LEASE_TTL_MS: i64 = 10_000;
+
+/// Replicas claiming at once in the concurrent-claim case.
+pub const CONCURRENT_CLAIMERS: usize = 8;
+
+/// Runs the concurrent-claim case claims, and its rounds (each past the previous leases).
+pub const CLAIMED_RUNS: usize = 24;
+pub const CLAIM_ROUNDS: i64 = 4;
+
+/// Creates run `id` (a diamond) and starts it, so it is active.
+pub async fn started_test_run<S: Store>(store: &S, id: &str) -> TestRun {
+    let mut run = TestRun::new(id, diamond_plan(), NOW_MS);
+    create_test_run(store, &run, None, "deploy").await;
+    run.step(store, control(Control::Start), NOW_MS).await;
+    run
+}
+
+fn lease_runs(leases: &[Lease]) -> Vec<(&str, i64)> {
+    leases
+        .iter()
+        .map(|l| (l.run_id.as_str(), l.epoch))
+        .collect()
+}
+
+pub async fn leases_claim_active_runs_once_each<S: Store>(store: S) {
+    started_test_run(&store, "run-b").await;
+    started_test_run(&store, "run-a").await;
+    // Pending and never started: nobody executes it yet.
+    let pending = TestRun::new("run-p", diamond_plan(), NOW_MS);
+    create_test_run(&store, &pending, None, "deploy").await;
+    // Ended: nothing left to execute.
+    let mut aborted = started_test_run(&store, "run-x").await;
+    aborted.step(&store, control(Control::Abort), NOW_MS).await;
+    let owner = store.run_owner("run-a").await.unwrap().unwrap();
+    assert_eq!(
+        owner,
+        crate::RunOwner {
+            owner: None,
+            epoch: 0,
+            expires_ms: None
+        }
+    );
+    assert_eq!(store.run_owner("ghost").await.unwrap(), None);
+
+    assert!(
+        store
+            .claim_runs("r1", NOW_MS, TEST_LEASE_TTL_MS, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let first = store
+        .claim_runs("r1", NOW_MS, TEST_LEASE_TTL_MS, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        vec![Lease {
+            run_id: "run-a".to_string(),
+            epoch: 1,
+            expires_ms: NOW_MS + TEST_LEASE_TTL_MS
+        }],
+        "claims in id order, up to the limit"
+    );
+    let rest = store
+        .claim_runs("r1", NOW_MS, TEST_LEASE_TTL_MS, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        lease_runs(&rest),
+        vec![("run-b", 1)],
+        "only active, unowned runs"
+    );
+    // Live leases are nobody else's to claim, whether in bulk or one by one.
+    let later = NOW_MS + TEST_LEASE_TTL_MS - 1;
+    assert!(
+        store
+            .claim_runs("r2", later, TEST_LEASE_TTL_MS, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .claim_run("run-a", "r2", later, TEST_LEASE_TTL_MS)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .claim_run("run-a", "r1", later, TEST_LEASE_TTL_MS)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .claim_run("ghost", "r2", later, TEST_LEASE_TTL_MS)
+            .await
+            .unwrap(),
+        None
+    );
+    // One run by id is claimed whatever its status.
+    let one = store
+        .claim_run("run-p", "r2", later, TEST_LEASE_TTL_MS)
+        .await
+        .unwrap();
+    assert_eq!(
+        one.map(|l| (l.run_id, l.epoch, l.expires_ms)),
+        Some(("run-p".to_string(), 1, later + TEST_LEASE_TTL_MS))
+    );
+    let owner = store.run_owner("run-a").await.unwrap().unwrap();
+    assert_eq!(owner.owner.as_deref(), Some("r1"));
+    assert_eq!(
+        (owner.epoch, owner.expires_ms),
+        (1, Some(NOW_MS + TEST_LEASE_TTL_MS))
+    );
+    // At expiry another replica takes the active ones over, each one epoch on.
+    let expired = NOW_MS + TEST_LEASE_TTL_MS;
+    let taken = store
+        .claim_runs("r2", expired, TEST_LEASE_TTL_MS, 10)
+        .await
+        .unwrap();
+    assert_eq!(lease_runs(&taken), vec![("run-a", 2), ("run-b", 2)]);
+    assert_eq!(store.run_owner("run-x").await.unwrap().unwrap().epoch, 0);
+    store.close().await;
+}
+
+pub async fn a_commit_with_a_stale_epoch_is_fenced_and_changes_nothing<S: Store>(store: S) {
+    let mut run = started_test_run(&store, "run-1").await;
+    let first = store
+        .claim_runs("r1", NOW_MS, TEST_LEASE_TTL_MS, 10)
+        .await
+        .unwrap();
+    assert_eq!(lease_runs(&first), vec![("run-1", 1)]);
+    // The holder commits at its epoch.
+    let change = run.decide(&control(Control::Pause), NOW_MS + 1);
+    let mut commit = run.commit_of(change.clone());
+    commit.epoch = Some(1);
+    store.commit_run(commit).await.unwrap();
+    run.state.commit(&change);
+    let journal = whole_journal(&store, "run-1").await;
+
+    // r1 stalls past its lease; r2 takes the run over.
+    let taken = store
+        .claim_runs("r2", NOW_MS + TEST_LEASE_TTL_MS, TEST_LEASE_TTL_MS, 10)
+        .await
+        .unwrap();
+    assert_eq!(lease_runs(&taken), vec![("run-1", 2)]);
+    // r1 wakes and writes a change decided on the latest version, at its old epoch: fenced,
+    // with its outputs and audits, and the fencing is not a version conflict.
+    let mut stale = run.commit_of(run.decide(&control(Control::Resume), NOW_MS + 2));
+    stale.epoch = Some(1);
+    stale.outputs.push(output("a", 1, "from a fenced replica"));
+    stale
+        .audits
+        .push(audit_entry("tester", "run.control", "fenced-commit"));
+    let result = store.commit_run(stale).await;
+    let Err(Error::Fenced(message)) = &result else {
+        panic!("a commit at a stale epoch is fenced: {result:?}");
+    };
+    assert!(message.contains("run-1"), "names the run: {message}");
+    assert_eq!(loaded(&store, "run-1").await.state, run.state);
+    assert_eq!(whole_journal(&store, "run-1").await, journal);
+    assert!(store.task_outputs("run-1", "a").await.unwrap().is_empty());
+    assert!(outcomes_for(&store, "fenced-commit").await.is_empty());
+    // An epoch from the future is as wrong as an old one.
+    let mut future = run.commit_of(run.decide(&control(Control::Resume), NOW_MS + 3));
+    future.epoch = Some(3);
+    let result = store.commit_run(future).await;
+    assert!(matches!(result, Err(Error::Fenced(_))), "{result:?}");
+    // A stale epoch is refused even alongside a good commit of another run in one batch.
+    let mut other = started_test_run(&store, "run-2").await;
+    let other_lease = store
+        .claim_run("run-2", "r1", NOW_MS, TEST_LEASE_TTL_MS)
+        .await
+        .unwrap();
+    assert_eq!(other_lease.map(|l| l.epoch), Some(1));
+    let mut stale = run.commit_of(run.decide(&control(Control::Resume), NOW_MS + 4));
+    stale.epoch = Some(1);
+    let other_change = other.decide(&control(Control::Pause), NOW_MS + 4);
+    let mut good = other.commit_of(other_change.clone());
+    good.epoch = Some(1);
+    let (stale_result, good_result) = tokio::join!(store.commit_run(stale), store.commit_run(good));
+    assert!(
+        matches!(stale_result, Err(Error::Fenced(_))),
+        "{stale_result:?}"
+    );
+    good_result.unwrap();
+    other.state.commit(&other_change);
+    assert_eq!(loaded(&store, "run-2").await.state, other.state);
+    // The new holder commits at its epoch.
+    let change = run.decide(&control(Control::Resume), NOW_MS + 5);
+    let mut current = run.commit_of(change.clone());
+    current.epoch = Some(2);
+    store.commit_run(current).await.unwrap();
+    run.state.commit(&change);
+    assert_eq!(loaded(&store, "run-1").await.state, run.state);
+    store.close().await;
+}
+
+pub async fn renewal_after_a_takeover_reports_the_lease_lost<S: Store>(store: S) {
+    started_test_run(&store, "run-1").await;
+    started_test_run(&store, "run-2").await;
+    let held = store
+        .claim_runs("r1", NOW_MS, TEST_LEASE_TTL_MS, 10)
+        .await
+        .unwrap();
+    assert_eq!(lease_runs(&held), vec![("run-1", 1), ("run-2", 1)]);
+    // Renewed in time: both still held, until a new expiry.
+    let renewed_at = NOW_MS + TEST_LEASE_TTL_MS / 2;
+    let renewed = store
+        .renew_leases("r1", &held, renewed_at, TEST_LEASE_TTL_MS)
+        .await
+        .unwrap();
+    assert_eq!(lease_runs(&renewed), vec![("run-1", 1), ("run-2", 1)]);
+    assert!(
+        renewed
+            .iter()
+            .all(|l| l.expires_ms == renewed_at + TEST_LEASE_TTL_MS)
+    );
+    // Someone else renewing r1's leases renews nothing.
+    assert!(
+        store
+            .renew_leases("r2", &held, renewed_at, TEST_LEASE_TTL_MS)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The old expiry no longer lets anyone in.
+    let old_expiry = NOW_MS + TEST_LEASE_TTL_MS;
+    assert!(
+        store
+            .claim_runs("r2", old_expiry, TEST_LEASE_TTL_MS, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Past the new expiry, r2 takes run-1 only; r1's renewal then holds run-2 alone. A lease
+    // that expired but was not taken over is still the holder's to renew.
+    let expired = renewed_at + TEST_LEASE_TTL_MS;
+    let taken = store
+        .claim_runs("r2", expired, TEST_LEASE_TTL_MS, 1)
+        .await
+        .unwrap();
+    assert_eq!(lease_runs(&taken), vec![("run-1", 2)]);
+    let renewed = store
+        .renew_leases("r1", &held, expired + 1, TEST_LEASE_TTL_MS)
+        .await
+        .unwrap();
+    assert_eq!(lease_runs(&renewed), vec![("run-2", 1)], "run-1 is lost");
+    let owner = store.run_owner("run-1").await.unwrap().unwrap();
+    assert_eq!((owner.owner.as_deref(), owner.epoch), (Some("r2"), 2));
+    // Releasing a lost lease leaves the new holder alone.
+    assert_eq!(
+        store.release_leases("r1", &held).await.unwrap(),
+        1,
+        "run-2 only"
+    );
+    let owner = store.run_owner("run-1").await.unwrap().unwrap();
+    assert_eq!((owner.owner.as_deref(), owner.epoch), (Some("r2"), 2));
+    store.close().await;
+}
+
+pub async fn released_leases_are_claimed_at_once<S: Store>(store: S) {
+    started_test_run(&store, "run-1").await;
+    let held = store
+        .claim_runs("r1", NOW_MS, TEST_LEASE_TTL_MS, 10)
+        .await
+        .unwrap();
+    assert_eq!(store.release_leases("r1", &held).await.unwrap(), 1);
+    assert_eq!(
+        store.run_owner("run-1").await.unwrap().unwrap(),
+        crate::RunOwner {
+            owner: None,
+            epoch: 1,
+            expires_ms: None
+        },
+        "released, the epoch kept"
+    );
+    assert!(
+        store
+            .renew_leases("r1", &held, NOW_MS + 1, TEST_LEASE_TTL_MS)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Long before the lease would have expired, another replica claims it, one epoch on.
+    let taken = store
+        .claim_runs("r2", NOW_MS + 1, TEST_LEASE_TTL_MS, 10)
+        .await
+        .unwrap();
+    assert_eq!(lease_runs(&taken), vec![("run-1", 2)]);
+    store.close().await;
+}
+
+pub async fn concurrent_claimers_never_share_a_run_at_one_epoch<S: Store>(store: S) {
+    let store = Arc::new(store);
+    for i in 0..CLAIMED_RUNS {
+        started_test_run(&*store, &format!("run-{i:03}")).await;
+    }
+    let mut seen: HashMap<(String, i64), String> = HashMap::new();
+    for round in 0..CLAIM_ROUNDS {
+        // Every lease of the previous round has expired.
+        let now = NOW_MS + round * TEST_LEASE_TTL_MS;
+        let mut tasks = Vec::new();
+        for claimer in 0..CONCURRENT_CLAIMERS {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let owner = format!("replica-{claimer}");
+                let mut got = Vec::new();
+                // Small bites, so the claimers interleave; single claims race bulk ones.
+                for i in 0..CLAIMED_RUNS {
+                    if claimer % 2 == 0 {
+                        got.extend(
+                            store
+                                .claim_runs(&owner, now, TEST_LEASE_TTL_MS, 3)
+                                .await
+                                .unwrap(),
+                        );
+                    } else {
+                        let id = format!("run-{i:03}");
+                        got.extend(
+                            store
+                                .claim_run(&id, &owner, now, TEST_LEASE_TTL_MS)
+                                .await
+                                .unwrap(),
+                        );
+                    }
+                }
+                (owner, got)
+            }));
+        }
+        let mut claimed_this_round = 0;
+        for task in tasks {
+            let (owner, got) = task.await.expect("a claimer panicked");
+            for lease in got {
+                claimed_this_round += 1;
+                let key = (lease.run_id.clone(), lease.epoch);
+                if let Some(other) = seen.insert(key.clone(), owner.clone()) {
+                    panic!("{other} and {owner} both claimed {key:?}");
+                }
+                let stored = store.run_owner(&lease.run_id).await.unwrap().unwrap();
+                assert!(stored.epoch >= lease.epoch);
+            }
+        }
+        // Each run was claimed exactly once this round: its lease was live after that.
+        assert_eq!(claimed_this_round, CLAIMED_RUNS, "round {round}");
+    }
+    for i in 0..CLAIMED_RUNS {
+        let owner = store
+            .run_owner(&format!("run-{i:03}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(owner.epoch, CLAIM_ROUNDS, "one epoch per claim");
+    }
+    store.close().await;
+}
+
+pub async fn replicas_list_their_heartbeats_and_leases<S: Store>(store: S) {
+    started_test_run(&store, "run-1").await;
+    started_test_run(&store, "run-2").await;
+    store
+        .heartbeat("r1", "http://r1:7400", NOW_MS - 5, NOW_MS)
+        .await
+        .unwrap();
+    store
+        .heartbeat("r2", "http://old:7400", NOW_MS - 5, NOW_MS - 1_000)
+        .await
+        .unwrap();
+    store
+        .heartbeat("r2", "http://r2:7400", NOW_MS - 5, NOW_MS + 10)
+        .await
+        .unwrap();
+    // A late heartbeat never moves the time seen backwards.
+    store
+        .heartbeat("r2", "http://r2:7400", NOW_MS - 5, NOW_MS + 5)
+        .await
+        .unwrap();
+    store
+        .heartbeat("gone", "http://gone:7400", NOW_MS - 9_000, NOW_MS - 8_000)
+        .await
+        .unwrap();
+    store
+        .claim_run("run-2", "r1", NOW_MS, TEST_LEASE_TTL_MS)
+        .await
+        .unwrap();
+    store
+        .claim_run("run-1", "r1", NOW_MS, TEST_LEASE_TTL_MS)
+        .await
+        .unwrap();
+    let replicas = store.replicas(NOW_MS - 1_000).await.unwrap();
+    type Seen<'a> = (&'a str, &'a str, i64, i64, Vec<(&'a str, i64)>);
+    let view: Vec<Seen<'_>> = replicas
+        .iter()
+        .map(|r| {
+            (
+                r.id.as_str(),
+                r.address.as_str(),
+                r.started_at_ms,
+                r.seen_at_ms,
+                lease_runs(&r.leases),
+            )
+        })
+        .collect();
+    assert_eq!(
+        view,
+        vec![
+            (
+                "r1",
+                "http://r1:7400",
+                NOW_MS - 5,
+                NOW_MS,
+                vec![("run-1", 1), ("run-2", 1)]
+            ),
+            ("r2", "http://r2:7400", NOW_MS - 5, NOW_MS + 10, vec![]),
+        ]
     );
     store.close().await;
 }

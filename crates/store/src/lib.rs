@@ -42,6 +42,11 @@ pub enum Error {
     /// hand-edited database. Retrying will not help.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A run commit carried a lease epoch that is no longer the run's: another replica
+    /// claimed the run since. Nothing was changed; the writer has lost the run and must stop
+    /// acting on it (retrying cannot help).
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 /// A stored definition version. Applying identical content again keeps the version.
@@ -226,6 +231,44 @@ pub struct RunCommit {
     pub outputs: Vec<TaskOutput>,
     /// Written in the same transaction, exactly as given.
     pub audits: Vec<AuditEntry>,
+    /// The lease epoch the writer holds the run at (the fencing token): the commit is refused
+    /// with [`Error::Fenced`] unless the run's epoch is still this. `None` skips the check,
+    /// for tools that write without holding a lease.
+    pub epoch: Option<i64>,
+}
+
+/// A replica's hold on a run, from [`Store::claim_runs`] or [`Store::claim_run`]. It is the
+/// holder's for as long as the run's epoch stays `epoch`: another replica may claim the run
+/// once `expires_ms` has passed, and that claim moves the epoch on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub run_id: String,
+    /// The fencing token every commit of the holder carries.
+    pub epoch: i64,
+    /// Epoch ms after which the lease may be taken over unless renewed.
+    pub expires_ms: i64,
+}
+
+/// Who holds a run now, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOwner {
+    /// The replica holding the lease; `None` if nobody does (never claimed, or released).
+    pub owner: Option<String>,
+    pub epoch: i64,
+    pub expires_ms: Option<i64>,
+}
+
+/// A replica as its heartbeats left it, with the leases it holds on active runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaRecord {
+    pub id: String,
+    /// Where other replicas reach it (`http://host:port`), as it announced itself.
+    pub address: String,
+    pub started_at_ms: i64,
+    /// Its latest heartbeat.
+    pub seen_at_ms: i64,
+    /// Leases on runs that are running, paused or pending, run id ascending.
+    pub leases: Vec<Lease>,
 }
 
 /// A journal entry as stored, with its place in the run's journal.
@@ -370,9 +413,72 @@ pub trait Store: Send + Sync + 'static {
 
     /// Commits a change decided against `expected_version`: the run row, the changed task
     /// rows, the journal entries, outputs and audits, in one transaction, group-committed with
-    /// other writes. Fails with `Conflict` (and changes nothing) if the run is not at
-    /// `expected_version` or does not exist; other commits of the same batch are unaffected.
+    /// other writes. Fails with `Conflict` (and changes nothing) if the run does not exist or
+    /// is not at `expected_version`, and with `Fenced` (changing nothing) if `epoch` is given
+    /// and is not the run's current epoch (checked first, with the run's row locked, so no
+    /// claim can slip between the check and the write); other commits of the same batch are
+    /// unaffected.
     async fn commit_run(&self, commit: RunCommit) -> Result<()>;
+
+    /// Claims up to `limit` runs for replica `owner` (`limit` 0 claims none): runs that are
+    /// active — running, paused, or pending with a start time — and either unowned or whose
+    /// lease expired (`lease_expires_ms <= now_ms`). Each claimed run gets `owner`, a lease
+    /// until `now_ms + ttl_ms`, and its epoch incremented by one, atomically: two claimers
+    /// never both get one run at one epoch. Runs are taken in id order; runs another
+    /// transaction is writing right now may be skipped (the next claim finds them). Returns
+    /// the leases, run id ascending.
+    async fn claim_runs(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Lease>>;
+
+    /// Claims run `run_id` whatever its status, as [`Store::claim_runs`] claims one: only if
+    /// it is unowned or its lease expired at `now_ms`. `None` if it does not exist or another
+    /// replica holds a live lease on it (or `owner` itself does: renew that one instead).
+    async fn claim_run(
+        &self,
+        run_id: &str,
+        owner: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<Lease>>;
+
+    /// Extends to `now_ms + ttl_ms` each of `leases` that `owner` still holds at the same
+    /// epoch (even one that expired, if nobody claimed the run since). Returns the leases
+    /// still held, with their new expiry, run id ascending; a lease missing from the answer
+    /// is lost: another replica claimed the run, and the epoch moved on.
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        leases: &[Lease],
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Vec<Lease>>;
+
+    /// Gives up each of `leases` that `owner` still holds at its epoch, so any replica may
+    /// claim the run at once (the epoch is kept; the next claim moves it on). Leases already
+    /// lost are left alone. Returns how many were released.
+    async fn release_leases(&self, owner: &str, leases: &[Lease]) -> Result<u64>;
+
+    /// Who holds run `run_id`; `None` if there is no such run.
+    async fn run_owner(&self, run_id: &str) -> Result<Option<RunOwner>>;
+
+    /// Records that replica `id` (started at `started_at_ms`, reachable at `address`) is
+    /// alive at `now_ms`. The time seen never moves backwards.
+    async fn heartbeat(
+        &self,
+        id: &str,
+        address: &str,
+        started_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<()>;
+
+    /// Replicas whose latest heartbeat is at or after `seen_since_ms`, id ascending, each
+    /// with the leases it holds on active runs.
+    async fn replicas(&self, seen_since_ms: i64) -> Result<Vec<ReplicaRecord>>;
 
     /// A run's journal, `seq` ascending, after the given seq.
     async fn run_journal(

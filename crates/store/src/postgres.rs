@@ -7,6 +7,7 @@
 //! off`). See the writer's documentation for how a batch locks, decides, writes and retries.
 
 mod codec;
+mod leases;
 mod runs;
 mod writer;
 
@@ -35,9 +36,9 @@ use crate::queue::{Request, Write};
 use crate::rows::page_limit;
 use crate::{
     Applied, AuditEntry, AuditFilter, AuditRecord, CreatedRun, DefinitionRecord, Error,
-    JournalRecord, MAX_PAGE_ROWS, MachineFilter, MachineOp, NewDefinition, NewRun, OpOutcome,
-    Result, RunCommit, RunFilter, RunSummary, Store, StoredRun, TaskDuration, TaskOutput,
-    TokenRecord,
+    JournalRecord, Lease, MAX_PAGE_ROWS, MachineFilter, MachineOp, NewDefinition, NewRun,
+    OpOutcome, ReplicaRecord, Result, RunCommit, RunFilter, RunOwner, RunSummary, Store, StoredRun,
+    TaskDuration, TaskOutput, TokenRecord,
 };
 
 /// Most connections one store opens: the writer uses one at a time, reads the rest. Several
@@ -656,6 +657,58 @@ impl Store for PostgresStore {
             reply,
         })
         .await
+    }
+
+    async fn claim_runs(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Lease>> {
+        leases::claim_runs(&self.inner.pool, owner, now_ms, ttl_ms, limit).await
+    }
+
+    async fn claim_run(
+        &self,
+        run_id: &str,
+        owner: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<Lease>> {
+        leases::claim_run(&self.inner.pool, run_id, owner, now_ms, ttl_ms).await
+    }
+
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        held: &[Lease],
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Vec<Lease>> {
+        leases::renew_leases(&self.inner.pool, owner, held, now_ms, ttl_ms).await
+    }
+
+    async fn release_leases(&self, owner: &str, held: &[Lease]) -> Result<u64> {
+        leases::release_leases(&self.inner.pool, owner, held).await
+    }
+
+    async fn run_owner(&self, run_id: &str) -> Result<Option<RunOwner>> {
+        leases::run_owner(&self.inner.pool, run_id).await
+    }
+
+    async fn heartbeat(
+        &self,
+        id: &str,
+        address: &str,
+        started_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<()> {
+        leases::heartbeat(&self.inner.pool, id, address, started_at_ms, now_ms).await
+    }
+
+    async fn replicas(&self, seen_since_ms: i64) -> Result<Vec<ReplicaRecord>> {
+        leases::replicas(&self.inner.pool, seen_since_ms).await
     }
 
     async fn close(&self) {

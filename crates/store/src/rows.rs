@@ -17,6 +17,46 @@ pub(crate) const DONE_STATUSES: [&str; 2] = ["succeeded", "skipped"];
 pub(crate) const RUNNING_STATUS: &str = "running";
 pub(crate) const FAILED_STATUSES: [&str; 2] = ["failed", "stalled"];
 
+/// The runs a replica executes, and so the runs leases are claimed on and listed for:
+/// running, paused, or pending with a start time. The same SQL in both databases.
+pub(crate) const ACTIVE_RUN_SQL: &str = "(status IN ('running', 'paused') \
+     OR (status = 'pending' AND started_at_ms IS NOT NULL))";
+
+/// Leases as `ReplicaRecord`s: every replica with its leases, from replica rows
+/// `(id, address, started_at_ms, seen_at_ms)` and lease rows `(owner, lease)`.
+pub(crate) fn replicas_with_leases(
+    replicas: Vec<(String, String, i64, i64)>,
+    leases: Vec<(String, crate::Lease)>,
+) -> Vec<crate::ReplicaRecord> {
+    let mut by_owner: std::collections::HashMap<String, Vec<crate::Lease>> =
+        std::collections::HashMap::new();
+    for (owner, lease) in leases {
+        by_owner.entry(owner).or_default().push(lease);
+    }
+    let mut records: Vec<crate::ReplicaRecord> = replicas
+        .into_iter()
+        .map(|(id, address, started_at_ms, seen_at_ms)| {
+            let mut leases = by_owner.remove(&id).unwrap_or_default();
+            leases.sort_by(|a, b| a.run_id.as_bytes().cmp(b.run_id.as_bytes()));
+            crate::ReplicaRecord {
+                id,
+                address,
+                started_at_ms,
+                seen_at_ms,
+                leases,
+            }
+        })
+        .collect();
+    records.sort_by(|a, b| a.id.as_bytes().cmp(b.id.as_bytes()));
+    records
+}
+
+/// Sorts leases by run id as bytes, as every lease answer is.
+pub(crate) fn sorted_leases(mut leases: Vec<crate::Lease>) -> Vec<crate::Lease> {
+    leases.sort_by(|a, b| a.run_id.as_bytes().cmp(b.run_id.as_bytes()));
+    leases
+}
+
 /// `limit` as the listing functions take it: 0 or too large means [`MAX_PAGE_ROWS`].
 pub(crate) fn page_limit(limit: u32) -> i64 {
     i64::from(if limit == 0 {
@@ -220,11 +260,16 @@ impl OutputRow {
     }
 }
 
-/// What a write transaction knows about one run: missing, or at a version with so many tasks.
+/// What a write transaction knows about one run: missing, or at a version and lease epoch
+/// with so many tasks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RunSlot {
     Missing,
-    Present { version: i64, tasks: usize },
+    Present {
+        version: i64,
+        tasks: usize,
+        epoch: i64,
+    },
 }
 
 /// A run commit checked and encoded, not yet written.
@@ -237,19 +282,34 @@ pub(crate) struct Checked {
 
 /// Checks a run commit against what the transaction knows of the run (`None`: not read) and
 /// encodes its rows. `Conflict` when the run is missing or moved on from `expected_version`;
-/// `Corrupt` for a change no store can write.
+/// `Fenced` when `held_epoch` is given and the run's lease epoch moved on from it (checked
+/// before the version: a fenced writer must stop, not retry); `Corrupt` for a change no store
+/// can write.
 pub(crate) fn check_commit(
     slot: Option<RunSlot>,
     run_id: &str,
     expected_version: i64,
+    held_epoch: Option<i64>,
     change: RunChange,
     outputs: Vec<TaskOutput>,
 ) -> Result<Checked> {
-    let Some(RunSlot::Present { version, tasks }) = slot else {
+    let Some(RunSlot::Present {
+        version,
+        tasks,
+        epoch,
+    }) = slot
+    else {
         return Err(Error::Conflict(format!(
             "run `{run_id}` does not exist; the change was not committed"
         )));
     };
+    if let Some(held) = held_epoch
+        && held != epoch
+    {
+        return Err(Error::Fenced(format!(
+            "run `{run_id}` is at lease epoch {epoch}, not {held}: another replica claimed it;              the change was not committed"
+        )));
+    }
     if version != expected_version {
         return Err(Error::Conflict(format!(
             "run `{run_id}` is at version {version}, not {expected_version}: it changed \

@@ -7,6 +7,7 @@
 //! batching keeps decisions free of lost updates.
 
 mod codec;
+mod leases;
 mod runs;
 mod writer;
 
@@ -38,9 +39,9 @@ use crate::queue::{Request, Write};
 use crate::rows::page_limit;
 use crate::{
     Applied, AuditEntry, AuditFilter, AuditRecord, CreatedRun, DefinitionRecord, Error,
-    JournalRecord, MAX_PAGE_ROWS, MachineFilter, MachineOp, NewDefinition, NewRun, OpOutcome,
-    Result, RunCommit, RunFilter, RunSummary, Store, StoredRun, TaskDuration, TaskOutput,
-    TokenRecord,
+    JournalRecord, Lease, MAX_PAGE_ROWS, MachineFilter, MachineOp, NewDefinition, NewRun,
+    OpOutcome, ReplicaRecord, Result, RunCommit, RunFilter, RunOwner, RunSummary, Store, StoredRun,
+    TaskDuration, TaskOutput, TokenRecord,
 };
 
 /// How long a statement waits for a lock held by another connection (a reader during a
@@ -75,6 +76,9 @@ pub struct SqliteStore {
 struct Inner {
     writes: mpsc::Sender<Request>,
     read: SqlitePool,
+    /// One connection for lease and heartbeat statements, the only writes that bypass the
+    /// writer (see `leases.rs` for why that is safe).
+    lease: SqlitePool,
     path: PathBuf,
 }
 
@@ -102,6 +106,13 @@ fn writer_options(path: &Path) -> SqliteConnectOptions {
         // On macOS a plain fsync does not flush the drive's cache; elsewhere this is ignored.
         .pragma("fullfsync", "ON")
         .statement_cache_capacity(WRITER_STATEMENT_CACHE_STATEMENTS)
+}
+
+/// Options of the lease connection: the writer's durability settings, a small cache.
+fn lease_options(path: &Path) -> SqliteConnectOptions {
+    writer_options(path)
+        .create_if_missing(false)
+        .statement_cache_capacity(READER_STATEMENT_CACHE_STATEMENTS)
 }
 
 /// Options of the read connections: read-only, so no write can bypass the writer.
@@ -232,6 +243,13 @@ impl SqliteStore {
             .connect_with(reader_options(path))
             .await
             .map_err(|e| open_error(path, e))?;
+        let lease = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_millis(READ_ACQUIRE_TIMEOUT_MS))
+            .test_before_acquire(false)
+            .connect_with(lease_options(path))
+            .await
+            .map_err(|e| open_error(path, e))?;
         let (writes, queue) = mpsc::channel(WRITE_QUEUE_CAPACITY);
         let writer = Writer::new(conn, options, queue, path.display().to_string());
         tokio::spawn(writer.run());
@@ -240,6 +258,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 writes,
                 read,
+                lease,
                 path: path.to_path_buf(),
             }),
         })
@@ -271,6 +290,7 @@ impl SqliteStore {
             drop(closed.await);
         }
         self.inner.read.close().await;
+        self.inner.lease.close().await;
     }
 
     async fn write<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Write) -> Result<T> {
@@ -659,6 +679,58 @@ impl Store for SqliteStore {
             reply,
         })
         .await
+    }
+
+    async fn claim_runs(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Lease>> {
+        leases::claim_runs(&self.inner.lease, owner, now_ms, ttl_ms, limit).await
+    }
+
+    async fn claim_run(
+        &self,
+        run_id: &str,
+        owner: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<Lease>> {
+        leases::claim_run(&self.inner.lease, run_id, owner, now_ms, ttl_ms).await
+    }
+
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        held: &[Lease],
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Vec<Lease>> {
+        leases::renew_leases(&self.inner.lease, owner, held, now_ms, ttl_ms).await
+    }
+
+    async fn release_leases(&self, owner: &str, held: &[Lease]) -> Result<u64> {
+        leases::release_leases(&self.inner.lease, owner, held).await
+    }
+
+    async fn run_owner(&self, run_id: &str) -> Result<Option<RunOwner>> {
+        leases::run_owner(&self.inner.read, run_id).await
+    }
+
+    async fn heartbeat(
+        &self,
+        id: &str,
+        address: &str,
+        started_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<()> {
+        leases::heartbeat(&self.inner.lease, id, address, started_at_ms, now_ms).await
+    }
+
+    async fn replicas(&self, seen_since_ms: i64) -> Result<Vec<ReplicaRecord>> {
+        leases::replicas(&self.inner.read, seen_since_ms).await
     }
 
     async fn close(&self) {

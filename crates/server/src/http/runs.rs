@@ -44,6 +44,62 @@ pub fn router() -> Router<SharedApp> {
         .route("/runs/{id}/report", get(get_report))
         .route("/runs/{id}/tasks/{task}/output", get(get_output))
         .route("/pause", get(get_pause).put(put_pause))
+        .route("/replicas", get(list_replicas))
+}
+
+/// One replica in `GET /api/v1/replicas`.
+#[derive(Serialize, ToSchema)]
+pub struct ReplicaView {
+    pub id: String,
+    pub address: String,
+    pub started_at_ms: i64,
+    pub seen_at_ms: i64,
+    /// Whether this is the replica that answered.
+    pub this: bool,
+    /// The active runs it holds, with the epoch and expiry of each lease.
+    #[schema(value_type = Vec<Object>)]
+    pub leases: Vec<levee_store::Lease>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReplicasPage {
+    pub lease_ttl_ms: u64,
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// Replicas heard from recently (within a few lease times) and the runs each holds.
+#[utoipa::path(get, path = "/api/v1/replicas", tag = "runs",
+    responses((status = 200, body = ReplicasPage)))]
+pub async fn list_replicas(
+    State(app): State<SharedApp>,
+    caller: Caller,
+) -> Result<axum::Json<ReplicasPage>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let replica = &app.replica;
+    let window = replica
+        .lease_ttl_ms
+        .saturating_mul(crate::replica::REPLICA_SEEN_WITHIN_TTLS);
+    let since = app
+        .now_ms()
+        .saturating_sub(i64::try_from(window).unwrap_or(i64::MAX));
+    let replicas = app
+        .store
+        .replicas(since)
+        .await?
+        .into_iter()
+        .map(|r| ReplicaView {
+            this: r.id == replica.id,
+            id: r.id,
+            address: r.address,
+            started_at_ms: r.started_at_ms,
+            seen_at_ms: r.seen_at_ms,
+            leases: r.leases,
+        })
+        .collect();
+    Ok(axum::Json(ReplicasPage {
+        lease_ttl_ms: replica.lease_ttl_ms,
+        replicas,
+    }))
 }
 
 /// Starts a run. Answers 201 with the new run, or 200 with the run an earlier start with the
@@ -146,10 +202,84 @@ pub async fn get_run(
 pub async fn control_run(
     State(app): State<SharedApp>,
     caller: Caller,
+    headers: HeaderMap,
     Path(id): Path<String>,
     JsonBody(request): JsonBody<ControlRequest>,
-) -> Result<axum::Json<RunView>, ApiError> {
-    Ok(axum::Json(app.control_run(&caller, &id, request).await?))
+) -> Response {
+    match app.control_run(&caller, &id, request.clone()).await {
+        Ok(view) => axum::Json(view).into_response(),
+        // Another replica executes the run: it decides the control. A forwarded request is
+        // never forwarded again (the owner changed meanwhile: the client retries).
+        Err(error)
+            if error.code == "not_owner"
+                && !headers.contains_key(crate::replica::FORWARDED_BY_HEADER) =>
+        {
+            let owner = error.details.get("owner").and_then(Value::as_str);
+            match owner {
+                Some(owner) => forward_control(&app, &headers, owner, &id, &request)
+                    .await
+                    .unwrap_or_else(IntoResponse::into_response),
+                None => error.into_response(),
+            }
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Sends a control to the replica that executes the run and answers with its answer.
+async fn forward_control(
+    app: &SharedApp,
+    headers: &HeaderMap,
+    owner: &str,
+    id: &str,
+    request: &ControlRequest,
+) -> Result<Response, ApiError> {
+    let unreachable = |why: String| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "owner_unreachable",
+            format!(
+                "run `{id}` is executed by replica {owner}, which cannot be reached ({why}); \
+                 retry: another replica takes the run over once its lease expires"
+            ),
+        )
+    };
+    let replicas = app.store.replicas(0).await?;
+    let address = replicas
+        .iter()
+        .find(|r| r.id == owner)
+        .map(|r| r.address.clone())
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| unreachable("it announced no address".to_string()))?;
+    let url = format!(
+        "{}/api/v1/runs/{}/controls",
+        address.trim_end_matches('/'),
+        form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
+    );
+    let mut forward = app
+        .replica
+        .client
+        .post(&url)
+        .header(crate::replica::FORWARDED_BY_HEADER, &app.replica.id)
+        .json(request);
+    if let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) {
+        forward = forward.header(axum::http::header::AUTHORIZATION, auth.clone());
+    }
+    let answer = forward
+        .send()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let body = answer
+        .bytes()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    Ok((
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]

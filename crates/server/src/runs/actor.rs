@@ -48,6 +48,9 @@ struct Actor {
     plan: Arc<RunPlan>,
     /// Equal to the committed state after every turn.
     state: RunState,
+    /// The lease epoch this replica holds the run at: every commit carries it, and the store
+    /// refuses it once another replica claimed the run.
+    epoch: i64,
     /// Attempts running in this process, by task index, with what stops and re-paces them.
     running: HashMap<usize, Running>,
     /// Past durations per task id, for stuck detection.
@@ -61,6 +64,7 @@ pub(crate) fn spawn(
     stored: StoredRun,
     spec: RunSpec,
     plan: RunPlan,
+    epoch: i64,
     sender: mpsc::Sender<Msg>,
     receiver: mpsc::Receiver<Msg>,
 ) {
@@ -71,6 +75,7 @@ pub(crate) fn spawn(
         spec: Arc::new(spec),
         plan: Arc::new(plan),
         state: stored.state,
+        epoch,
         running: HashMap::new(),
         history: HashMap::new(),
         wake_at_ms: None,
@@ -78,6 +83,14 @@ pub(crate) fn spawn(
     };
     drop(sender);
     tokio::spawn(actor.run(receiver));
+}
+
+/// Whether the actor goes on after a turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// Its lease is lost: it must not act on the run again.
+    Stop,
 }
 
 /// The events of one turn, merged into one commit.
@@ -138,11 +151,24 @@ impl Actor {
                     Err(_) => break,
                 }
             }
-            self.turn(batch).await;
+            let lost = batch.iter().find_map(|msg| match msg {
+                Msg::LeaseLost { epoch } if *epoch >= self.epoch => Some(*epoch),
+                _ => None,
+            });
+            if let Some(epoch) = lost {
+                tracing::warn!(run = %self.id, epoch, "lease lost; the run's actor stops and cancels its attempts");
+                break;
+            }
+            if self.turn(batch).await == Flow::Stop {
+                self.app.runs.remove_stopped(&self.id, self.epoch);
+                break;
+            }
             if self.state.run.status.is_ended()
                 && self.running.is_empty()
                 && self.app.runs.retire(&self.id, &mut receiver)
             {
+                // The run is over: nothing to renew. A later control claims it again.
+                self.app.replica.forget(&self.id, self.epoch);
                 break;
             }
         }
@@ -171,7 +197,7 @@ impl Actor {
         history
     }
 
-    async fn turn(&mut self, batch: Vec<Msg>) {
+    async fn turn(&mut self, batch: Vec<Msg>) -> Flow {
         let base = self.state.run.version;
         let mut turn = Turn::default();
         for msg in batch {
@@ -180,7 +206,10 @@ impl Actor {
                 output,
                 audit,
                 reply,
-            } = msg;
+            } = msg
+            else {
+                continue; // A lease loss for an older epoch: not this actor's.
+            };
             let ctx = Context {
                 now_ms: self.app.now_ms(),
                 global_pause: self.app.runs.global_pause(),
@@ -228,8 +257,24 @@ impl Actor {
                 },
                 outputs: std::mem::take(&mut turn.outputs),
                 audits: std::mem::take(&mut turn.audits),
+                epoch: Some(self.epoch),
             };
             if let Err(error) = self.commit(commit).await {
+                if let StoreError::Fenced(reason) = &error {
+                    // Another replica took the run over (this one was paused or cut off past
+                    // its lease): nothing of this turn was written. Stop acting at once.
+                    tracing::warn!(run = %self.id, epoch = self.epoch, %reason, "commit fenced: the lease was lost; the run's actor stops and cancels its attempts");
+                    self.app.metrics.fenced_commit();
+                    for (reply, _) in turn.replies {
+                        let _ = reply.send(Err(ApiError::from(StoreError::Fenced(reason.clone()))));
+                    }
+                    for running in self.running.values() {
+                        running.canceller.cancel();
+                    }
+                    self.running.clear();
+                    self.app.replica.forget(&self.id, self.epoch);
+                    return Flow::Stop;
+                }
                 // Another writer changed the run: this process's view is stale. Stop acting
                 // on it; whoever asks next reloads the run from the store.
                 tracing::error!(run = %self.id, %error, "run commit conflict; the run's actor stops");
@@ -247,7 +292,7 @@ impl Actor {
                 if let Some(stored) = self.app.store.load_run(&self.id).await.ok().flatten() {
                     self.state = stored.state;
                 }
-                return;
+                return Flow::Continue;
             }
             self.app.runs.announce(&self.id);
         }
@@ -258,6 +303,7 @@ impl Actor {
             self.act(action, &turn.started);
         }
         self.forget_finished();
+        Flow::Continue
     }
 
     /// Folds `TaskStarted` into this turn's commit for every task dispatched in it that has no
@@ -336,6 +382,11 @@ impl Actor {
                 let Some(index) = self.plan.index_of(&task) else {
                     return;
                 };
+                if self.app.runs.is_draining() {
+                    // Shutting down: the dispatch is committed; the replica that takes the
+                    // run over starts the attempt.
+                    return;
+                }
                 if let Some(old) = self.running.remove(&index) {
                     old.canceller.cancel();
                 }

@@ -29,7 +29,7 @@ use levee_engine::runbook::{
     self as engine, Control, DEFAULT_MAX_PARALLEL_TASKS, Event, MAX_PARALLEL_TASKS, Operator,
     RunState, RunStatus,
 };
-use levee_store::{CreatedRun, NewRun, RunFilter, StoredRun};
+use levee_store::{CreatedRun, NewRun, StoredRun};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -53,17 +53,22 @@ pub const DURATION_HISTORY_PER_TASK: u32 = 20;
 /// No task is called stuck before it has run this long, however quick its history: a
 /// 10 ms task that takes 40 ms is noise, not an incident.
 pub const STUCK_THRESHOLD_FLOOR_MS: u64 = 1_000;
-/// Runs recovered per page when the server starts.
-pub const RECOVERY_PAGE_ROWS: u32 = 500;
 /// Run-change notices that may wait for slow event-stream readers; one that falls behind
 /// re-reads the journal from the store, so nothing is lost, only coalesced.
 pub const RUN_NOTICE_CAPACITY: usize = 1_024;
 /// Events that may wait for a run's actor before senders wait too.
 pub const RUN_QUEUE_CAPACITY: usize = 4_096;
+/// How often a draining replica looks whether its attempts have ended.
+pub const DRAIN_POLL_MS: u64 = 50;
 /// Longest reason an operator may give, in bytes.
 pub const MAX_REASON_BYTES: usize = 1_000;
 
 /// What a run actor is sent.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every message is an event; boxing it would cost an allocation per event \
+              to shrink the rare lease loss"
+)]
 pub(crate) enum Msg {
     Event {
         event: Event,
@@ -73,15 +78,39 @@ pub(crate) enum Msg {
         audit: Option<levee_store::AuditEntry>,
         reply: Option<oneshot::Sender<Result<(), ApiError>>>,
     },
+    /// This replica's lease on the run at this epoch (or an older one) is gone: the actor
+    /// cancels its attempts and stops without committing anything more.
+    LeaseLost { epoch: i64 },
+}
+
+/// A run's actor in this process, and the lease epoch it writes at.
+#[derive(Clone)]
+pub(crate) struct ActorEntry {
+    pub(crate) sender: mpsc::Sender<Msg>,
+    pub(crate) epoch: i64,
 }
 
 /// The run actors of this process and what they share.
 pub struct Runs {
-    actors: std::sync::Mutex<HashMap<String, mpsc::Sender<Msg>>>,
+    actors: std::sync::Mutex<HashMap<String, ActorEntry>>,
     global_pause: AtomicBool,
     /// `run_id` of every committed run change, for event streams.
     notices: broadcast::Sender<Arc<str>>,
     pub notifier: crate::webhooks::Notifier,
+    /// Set on shutdown: actors start no new attempts (the dispatch is committed; whoever
+    /// takes the run over starts them).
+    draining: AtomicBool,
+    /// Task attempts running in this process.
+    attempts: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts an attempt as running for as long as it lives.
+pub(crate) struct AttemptGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for AttemptGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Runs {
@@ -91,7 +120,23 @@ impl Runs {
             global_pause: AtomicBool::new(global_pause),
             notices: broadcast::channel(RUN_NOTICE_CAPACITY).0,
             notifier,
+            draining: AtomicBool::new(false),
+            attempts: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Task attempts running in this process now.
+    pub fn attempts_running(&self) -> usize {
+        self.attempts.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn attempt_started(&self) -> AttemptGuard {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        AttemptGuard(self.attempts.clone())
     }
 
     pub fn global_pause(&self) -> bool {
@@ -113,7 +158,7 @@ impl Runs {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<Msg>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ActorEntry>> {
         self.actors.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -127,6 +172,45 @@ impl Runs {
         actors.remove(run_id);
         receiver.close();
         true
+    }
+
+    /// Stops the actor of `run_id` if it writes at `epoch` or an older one: the lease it
+    /// writes with is lost. Its queued senders are answered that the executor stopped.
+    pub(crate) fn lose(&self, run_id: &str, epoch: i64) {
+        let mut actors = self.lock();
+        if actors.get(run_id).is_some_and(|entry| entry.epoch <= epoch)
+            && let Some(entry) = actors.remove(run_id)
+        {
+            // A full queue still stops the actor: the entry is gone, and its next commit is
+            // fenced.
+            let _ = entry.sender.try_send(Msg::LeaseLost { epoch });
+        }
+    }
+
+    /// Removes the entry of an actor that stopped by itself (its commit was fenced), unless
+    /// a newer actor took its place.
+    pub(crate) fn remove_stopped(&self, run_id: &str, epoch: i64) {
+        let mut actors = self.lock();
+        if actors.get(run_id).is_some_and(|entry| entry.epoch == epoch) {
+            actors.remove(run_id);
+        }
+    }
+
+    /// Applies the global pause as stored; when it is lifted, wakes every run so it
+    /// schedules again (runs take no steps by themselves while paused).
+    pub(crate) fn apply_global_pause(&self, paused: bool) {
+        let was = self.global_pause.swap(paused, Ordering::SeqCst);
+        if was && !paused {
+            let senders: Vec<_> = self.lock().values().map(|e| e.sender.clone()).collect();
+            for sender in senders {
+                let _ = sender.try_send(Msg::Event {
+                    event: Event::Tick,
+                    output: None,
+                    audit: None,
+                    reply: None,
+                });
+            }
+        }
     }
 }
 
@@ -167,7 +251,7 @@ impl Default for StartRequest {
 }
 
 /// The body of `POST /api/v1/runs/{id}/controls`.
-#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ControlRequest {
     /// `start`, `pause`, `resume`, `abort`, `skip`, `retry`, `override_condition`,
@@ -285,29 +369,75 @@ fn new_run_id(now_ms: i64) -> String {
 }
 
 impl App {
-    /// The actor of run `id`, started (with `Recovered` if the run is mid-flight) if this
-    /// process has none.
+    /// The actor of run `id`. If this replica has none, it claims the run (when nobody holds
+    /// it, or the holder's lease expired) and starts one, with `Recovered` if the run is
+    /// mid-flight. A run another replica holds is answered `not_owner` (503), with the
+    /// holder in the error's details, for the caller to forward to it.
     pub(crate) async fn run_actor(
         self: &Arc<Self>,
         id: &str,
     ) -> Result<mpsc::Sender<Msg>, ApiError> {
-        if let Some(sender) = self.runs.lock().get(id) {
-            return Ok(sender.clone());
+        if let Some(entry) = self.runs.lock().get(id) {
+            return Ok(entry.sender.clone());
         }
-        let stored = self
+        let me = &self.replica.id;
+        let lease = match self
             .store
-            .load_run(id)
+            .claim_run(id, me, self.now_ms(), self.replica.ttl_ms())
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("no run with id `{id}`")))?;
-        self.spawn_actor(stored, false)
+        {
+            Some(lease) => lease,
+            None => {
+                let owner = self
+                    .store
+                    .run_owner(id)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found(format!("no run with id `{id}`")))?;
+                match owner.owner {
+                    // This replica holds a live lease but let the actor go (the run had
+                    // ended): it is still the run's executor at that epoch.
+                    Some(holder) if holder == *me => levee_store::Lease {
+                        run_id: id.to_string(),
+                        epoch: owner.epoch,
+                        expires_ms: owner.expires_ms.unwrap_or_default(),
+                    },
+                    holder => {
+                        return Err(ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not_owner",
+                            format!(
+                                "run `{id}` is executed by replica {}; retry, or send it there",
+                                holder.as_deref().unwrap_or("(none: being taken over)")
+                            ),
+                        )
+                        .with_details(json!({ "owner": holder })));
+                    }
+                }
+            }
+        };
+        let stored = match self.store.load_run(id).await {
+            Ok(Some(stored)) => stored,
+            other => {
+                self.release(std::slice::from_ref(&lease)).await;
+                other?;
+                return Err(ApiError::not_found(format!("no run with id `{id}`")));
+            }
+        };
+        let recover = matches!(
+            stored.state.run.status,
+            RunStatus::Running | RunStatus::Paused
+        );
+        self.spawn_actor(stored, recover, lease)
     }
 
-    /// Starts the actor of a stored run unless one exists; with `recover`, it first applies
-    /// `Recovered` (the server restarted while the run was active).
-    fn spawn_actor(
+    /// Starts the actor of a stored run, writing at `lease`'s epoch, unless one exists; with
+    /// `recover`, it first applies `Recovered` (the run was active when its previous executor
+    /// stopped).
+    pub(crate) fn spawn_actor(
         self: &Arc<Self>,
         stored: StoredRun,
         recover: bool,
+        lease: levee_store::Lease,
     ) -> Result<mpsc::Sender<Msg>, ApiError> {
         let spec: RunSpec = serde_json::from_value(stored.spec.clone()).map_err(|e| {
             ApiError::internal(format!(
@@ -319,11 +449,19 @@ impl App {
             ApiError::internal(format!("run {} has an invalid plan: {e}", stored.id))
         })?;
         let mut actors = self.runs.lock();
-        if let Some(sender) = actors.get(&stored.id) {
-            return Ok(sender.clone());
+        if let Some(entry) = actors.get(&stored.id) {
+            return Ok(entry.sender.clone());
         }
         let (sender, receiver) = mpsc::channel(RUN_QUEUE_CAPACITY);
-        actors.insert(stored.id.clone(), sender.clone());
+        let epoch = lease.epoch;
+        actors.insert(
+            stored.id.clone(),
+            ActorEntry {
+                sender: sender.clone(),
+                epoch,
+            },
+        );
+        self.replica.hold(lease);
         drop(actors);
         if recover {
             // Queued first, so it is the first event the actor applies.
@@ -334,44 +472,72 @@ impl App {
                 reply: None,
             });
         }
-        actor::spawn(self.clone(), stored, spec, plan, sender.clone(), receiver);
+        actor::spawn(
+            self.clone(),
+            stored,
+            spec,
+            plan,
+            epoch,
+            sender.clone(),
+            receiver,
+        );
         Ok(sender)
     }
 
-    /// Picks up every run that was running or paused when the server stopped.
-    pub async fn recover_runs(self: &Arc<Self>) -> anyhow::Result<usize> {
-        let mut recovered = 0;
-        let mut before_id = None;
-        loop {
-            let page = self
-                .store
-                .runs(&RunFilter {
-                    statuses: vec![RunStatus::Running, RunStatus::Paused],
-                    runbook: None,
-                    before_id: before_id.clone(),
-                    limit: RECOVERY_PAGE_ROWS,
-                })
-                .await?;
-            let Some(last) = page.last() else {
-                break;
-            };
-            before_id = Some(last.id.clone());
-            let full = page.len() >= RECOVERY_PAGE_ROWS as usize;
-            for summary in page {
-                let Some(stored) = self.store.load_run(&summary.id).await? else {
-                    continue;
-                };
-                match self.spawn_actor(stored, true) {
-                    Ok(_) => recovered += 1,
-                    Err(error) => {
-                        tracing::error!(run = %summary.id, error = %error.message, "cannot recover run");
-                    }
-                }
-            }
-            if !full {
-                break;
-            }
+    /// Shutting down: starts no more attempts, waits (until `deadline`) for the running ones
+    /// to end and for every actor to commit what it was told, then stops every actor and releases every lease so other replicas take the runs over
+    /// at once. Attempts still running at the deadline are cancelled; whoever takes their run
+    /// over re-runs them if idempotent, or stalls them for an operator.
+    pub async fn drain_runs(self: &Arc<Self>, deadline: tokio::time::Instant) {
+        self.replica.stop_claiming();
+        self.runs.draining.store(true, Ordering::SeqCst);
+        while self.runs.attempts_running() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(DRAIN_POLL_MS)).await;
         }
+        if self.runs.attempts_running() > 0 {
+            tracing::warn!(
+                attempts = self.runs.attempts_running(),
+                "task attempts still running at the shutdown deadline; cancelling them"
+            );
+        }
+        // Each actor answers a tick only after everything queued before it is committed.
+        let senders: Vec<_> = self
+            .runs
+            .lock()
+            .values()
+            .map(|e| e.sender.clone())
+            .collect();
+        for sender in senders {
+            let (reply, answer) = oneshot::channel();
+            let tick = Msg::Event {
+                event: Event::Tick,
+                output: None,
+                audit: None,
+                reply: Some(reply),
+            };
+            let flushed = async {
+                if sender.send(tick).await.is_ok() {
+                    let _ = answer.await;
+                }
+            };
+            let _ = tokio::time::timeout_at(deadline, flushed).await;
+        }
+        self.release_all().await;
+    }
+
+    /// Claims the active runs nobody holds when the server starts, and starts their actors
+    /// with `Recovered`. A SQLite file has one process, so its replica takes every run over
+    /// at once: it claims as of one lease time from now, when every lease an earlier process
+    /// took has expired. On PostgreSQL, runs other live replicas hold stay theirs.
+    pub async fn recover_runs(self: &Arc<Self>) -> anyhow::Result<usize> {
+        let now = self.now_ms();
+        let ttl = self.replica.ttl_ms();
+        let as_of = if self.store.backend() == "sqlite" {
+            now.saturating_add(ttl)
+        } else {
+            now
+        };
+        let recovered = self.claim_unowned(as_of, ttl).await;
         if recovered > 0 {
             tracing::info!(runs = recovered, "recovered active runs");
         }
@@ -413,7 +579,10 @@ impl App {
                 Err(mpsc::error::SendError(returned)) => {
                     msg.0 = returned;
                     let mut actors = self.runs.lock();
-                    if actors.get(id).is_some_and(|s| s.same_channel(&sender)) {
+                    if actors
+                        .get(id)
+                        .is_some_and(|entry| entry.sender.same_channel(&sender))
+                    {
                         actors.remove(id);
                     }
                 }
@@ -505,8 +674,23 @@ impl App {
                 reason: format!("started with `{runbook}`"),
             };
             let audit = self.audit_entry(caller, "run.start", &stored.id, json!({}));
-            // The actor starts from the run just created, not from a second read of it.
-            self.spawn_actor(stored.clone(), false)?;
+            // A new run is nobody's yet: the replica that created it executes it. The actor
+            // starts from the run just created, not from a second read of it.
+            let lease = self
+                .store
+                .claim_run(&stored.id, &self.replica.id, now, self.replica.ttl_ms())
+                .await?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        format!(
+                            "run `{}` was claimed by another replica first; retry",
+                            stored.id
+                        ),
+                    )
+                })?;
+            self.spawn_actor(stored.clone(), false, lease)?;
             self.send_event(
                 &stored.id,
                 Event::Control {
@@ -682,21 +866,7 @@ impl App {
         self.store
             .set_setting(GLOBAL_PAUSE_SETTING, value, Some(audit))
             .await?;
-        self.runs
-            .global_pause
-            .store(request.paused, Ordering::SeqCst);
-        if !request.paused {
-            // Runs take no steps by themselves while paused: wake each so it schedules again.
-            let senders: Vec<_> = self.runs.lock().values().cloned().collect();
-            for sender in senders {
-                let _ = sender.try_send(Msg::Event {
-                    event: Event::Tick,
-                    output: None,
-                    audit: None,
-                    reply: None,
-                });
-            }
-        }
+        self.runs.apply_global_pause(request.paused);
         Ok(())
     }
 

@@ -55,7 +55,11 @@ pub(crate) struct Attempt {
 }
 
 pub(crate) fn spawn(attempt: Attempt) {
-    tokio::spawn(attempt.run());
+    let guard = attempt.app.runs.attempt_started();
+    tokio::spawn(async move {
+        attempt.run().await;
+        drop(guard);
+    });
 }
 
 /// How the stage part of an attempt ended, before post-conditions.

@@ -148,7 +148,10 @@ pub async fn start_with(options: Options) -> TestServer {
     } else {
         clock.clone()
     };
+    // A stopped test server interrupts its task attempts at once, as a killed process would:
+    // the restart tests are about what the next process makes of them.
     let app_options = AppOptions {
+        shutdown_steps_grace_ms: Some(0),
         metric_source: options.metric_source.clone(),
         ..AppOptions::default()
     };

@@ -232,7 +232,7 @@ impl RunBatch {
         }
         unknown.sort_unstable();
         let rows = sqlx::query(
-            "SELECT id, version, tasks_total FROM runs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            "SELECT id, version, tasks_total, epoch FROM runs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         )
         .bind(&unknown)
         .fetch_all(&mut *conn)
@@ -246,8 +246,16 @@ impl RunBatch {
             let version: i64 = row.try_get("version").map_err(abort("lock runs"))?;
             let total: i64 = row.try_get("tasks_total").map_err(abort("lock runs"))?;
             let tasks = usize::try_from(total).unwrap_or(0);
+            let epoch: i64 = row.try_get("epoch").map_err(abort("lock runs"))?;
             self.stored_versions.insert(id.clone(), version);
-            self.slots.insert(id, RunSlot::Present { version, tasks });
+            self.slots.insert(
+                id,
+                RunSlot::Present {
+                    version,
+                    tasks,
+                    epoch,
+                },
+            );
         }
         Ok(())
     }
@@ -272,6 +280,7 @@ impl RunBatch {
             change,
             outputs,
             audits,
+            epoch,
         } = commit;
         let what = format!("a commit of run `{run_id}`");
         check_text(&what, run_texts(&change.run))?;
@@ -295,6 +304,7 @@ impl RunBatch {
             slot,
             run_id,
             *expected_version,
+            *epoch,
             change.clone(),
             outputs.clone(),
         )?;
@@ -406,6 +416,7 @@ impl RunBatch {
             RunSlot::Present {
                 version: state.run.version,
                 tasks: state.tasks.len(),
+                epoch: 0,
             },
         );
         push_audit(audit, entry.cloned(), "ok");

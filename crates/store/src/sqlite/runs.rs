@@ -221,7 +221,7 @@ impl RunBatch {
         let list = serde_json::to_string(&unknown)
             .map_err(|e| Error::Unavailable(format!("encode run ids: {e}")))?;
         let rows = sqlx::query(
-            "SELECT id, version, tasks_total FROM runs \
+            "SELECT id, version, tasks_total, epoch FROM runs \
              WHERE id IN (SELECT value FROM json_each(?1))",
         )
         .bind(&list)
@@ -240,7 +240,15 @@ impl RunBatch {
                 .try_get("tasks_total")
                 .map_err(|e| db_error("load runs", e))?;
             let tasks = usize::try_from(total).unwrap_or(0);
-            self.slots.insert(id, RunSlot::Present { version, tasks });
+            let epoch: i64 = row.try_get("epoch").map_err(|e| db_error("load runs", e))?;
+            self.slots.insert(
+                id,
+                RunSlot::Present {
+                    version,
+                    tasks,
+                    epoch,
+                },
+            );
         }
         Ok(())
     }
@@ -269,9 +277,10 @@ impl RunBatch {
             change,
             outputs,
             audits,
+            epoch,
         } = commit;
         let slot = self.slots.get(&run_id).copied();
-        let checked = check_commit(slot, &run_id, expected_version, change, outputs)?;
+        let checked = check_commit(slot, &run_id, expected_version, epoch, change, outputs)?;
         if let Some(RunSlot::Present { version, .. }) = self.slots.get_mut(&run_id) {
             *version = checked.run.version;
         }
@@ -396,6 +405,7 @@ impl RunBatch {
             RunSlot::Present {
                 version: state.run.version,
                 tasks: state.tasks.len(),
+                epoch: 0,
             },
         );
         push_audit(audit, entry, "ok");
