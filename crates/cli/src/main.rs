@@ -2,6 +2,7 @@
 
 mod client;
 mod commands;
+mod maint;
 mod runs;
 mod serve;
 mod sse;
