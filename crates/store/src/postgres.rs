@@ -7,6 +7,7 @@
 //! off`). See the writer's documentation for how a batch locks, decides, writes and retries.
 
 mod codec;
+mod maintenance;
 mod runs;
 mod writer;
 
@@ -656,6 +657,45 @@ impl Store for PostgresStore {
             reply,
         })
         .await
+    }
+
+    async fn schedule_maintenance(
+        &self,
+        maintenance: crate::MaintenanceRecord,
+        admit: crate::Admit,
+        audit: Option<AuditEntry>,
+    ) -> Result<crate::Scheduled> {
+        self.write(|reply| Write::ScheduleMaintenance {
+            maintenance: Box::new(maintenance),
+            admit,
+            audit,
+            reply,
+        })
+        .await
+    }
+
+    async fn update_maintenance(
+        &self,
+        maintenance: crate::MaintenanceRecord,
+        audit: Option<AuditEntry>,
+    ) -> Result<()> {
+        self.write(|reply| Write::UpdateMaintenance {
+            maintenance: Box::new(maintenance),
+            audit,
+            reply,
+        })
+        .await
+    }
+
+    async fn maintenance(&self, id: &str) -> Result<Option<crate::MaintenanceRecord>> {
+        maintenance::get(&self.inner.pool, id).await
+    }
+
+    async fn maintenances(
+        &self,
+        filter: &crate::MaintenanceFilter,
+    ) -> Result<Vec<crate::MaintenanceRecord>> {
+        maintenance::list(&self.inner.pool, filter).await
     }
 
     async fn close(&self) {
