@@ -266,6 +266,11 @@ impl App {
                 (stored.fleet, Some(stored.record.version)),
             );
         }
+        for (definition, _) in &applied {
+            if let Definition::Fleet(fleet) = definition {
+                self.check_reservations_fit(fleet).await?;
+            }
+        }
         let mut policies: BTreeMap<String, (MaintenancePolicyDef, Option<i64>)> = BTreeMap::new();
         for stored in self.stored_policies().await? {
             policies.insert(
@@ -398,5 +403,52 @@ impl App {
             });
         }
         Ok(new_defs)
+    }
+
+    /// A fleet applied again must still have every host its reserving maintenances hold:
+    /// otherwise their capacity would silently stop counting. Refused naming them.
+    async fn check_reservations_fit(&self, fleet: &FleetDef) -> Result<(), ApiError> {
+        let reserving = self
+            .store
+            .maintenances(&levee_store::MaintenanceFilter {
+                reserving_only: true,
+                fleet: Some(fleet.name.clone()),
+                limit: 0,
+            })
+            .await?;
+        let hosts: BTreeSet<&str> = fleet.hosts.iter().map(|h| h.name.as_str()).collect();
+        let mut broken = Vec::new();
+        for maintenance in &reserving {
+            let missing: Vec<&str> = maintenance
+                .hosts
+                .iter()
+                .map(String::as_str)
+                .filter(|host| !hosts.contains(host))
+                .collect();
+            if !missing.is_empty() {
+                broken.push(format!(
+                    "maintenance `{}` ({}) holds {}",
+                    maintenance.id,
+                    maintenance.state,
+                    missing.join(", ")
+                ));
+            }
+        }
+        if broken.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "breaks_reservations",
+            format!(
+                "the fleet `{}` would no longer have hosts that active maintenances reserve: \
+                 {}; cancel or finish those maintenances first, or keep the hosts",
+                fleet.name,
+                broken.join("; ")
+            ),
+        )
+        .with_details(
+            json!({ "maintenances": reserving.iter().map(|m| &m.id).collect::<Vec<_>>() }),
+        ))
     }
 }

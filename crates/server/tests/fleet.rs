@@ -133,3 +133,31 @@ async fn a_fleet_that_drops_a_service_a_stored_policy_is_for_is_refused_naming_t
         answer.body
     );
 }
+
+#[tokio::test]
+async fn a_fleet_that_drops_a_host_an_active_maintenance_holds_is_refused_naming_it() {
+    let server = common::start().await;
+    let answer = apply_files(&server, &[("row.yaml", ROW_YAML)]).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let mut held = levee_store::conformance::maintenance("m-1", &["db-r6-1"], 1, 2);
+    held.fleet = "row-a".to_string();
+    let scheduled = server
+        .app
+        .store
+        .schedule_maintenance(held, Box::new(|_| Ok(())), None)
+        .await
+        .expect("store a maintenance");
+    assert!(matches!(scheduled, levee_store::Scheduled::Stored(_)));
+    let without_host: String = ROW_YAML
+        .lines()
+        .filter(|line| !line.contains("name: db-r6-1,"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let answer = apply_files(&server, &[("row.yaml", &without_host)]).await;
+    assert_eq!(answer.status, StatusCode::CONFLICT, "{}", answer.body);
+    assert!(
+        answer.body.contains("maintenance `m-1`") && answer.body.contains("db-r6-1"),
+        "{}",
+        answer.body
+    );
+}
