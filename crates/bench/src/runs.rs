@@ -1130,6 +1130,39 @@ impl Store for CountingStore {
         self.inner.replicas(seen_since_ms).await
     }
 
+    async fn schedule_maintenance(
+        &self,
+        maintenance: levee_store::MaintenanceRecord,
+        admit: levee_store::Admit,
+        audit: Option<levee_store::AuditEntry>,
+    ) -> levee_store::Result<levee_store::Scheduled> {
+        self.inner
+            .schedule_maintenance(maintenance, admit, audit)
+            .await
+    }
+
+    async fn update_maintenance(
+        &self,
+        maintenance: levee_store::MaintenanceRecord,
+        audit: Option<levee_store::AuditEntry>,
+    ) -> levee_store::Result<()> {
+        self.inner.update_maintenance(maintenance, audit).await
+    }
+
+    async fn maintenance(
+        &self,
+        id: &str,
+    ) -> levee_store::Result<Option<levee_store::MaintenanceRecord>> {
+        self.inner.maintenance(id).await
+    }
+
+    async fn maintenances(
+        &self,
+        filter: &levee_store::MaintenanceFilter,
+    ) -> levee_store::Result<Vec<levee_store::MaintenanceRecord>> {
+        self.inner.maintenances(filter).await
+    }
+
     async fn close(&self) {
         self.inner.close().await;
     }

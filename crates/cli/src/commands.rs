@@ -87,6 +87,9 @@ pub enum Command {
     Token(TokenCommand),
     /// Shows the audit log: who changed what, and how it went.
     Audit(AuditArgs),
+    /// Shows stored fleets: hosts, pools, floors and headroom.
+    #[command(subcommand)]
+    Fleet(crate::maint::FleetCommand),
     /// Prints the JSON Schema of `kind: StateMachine` documents, for editors.
     Schema,
 }
@@ -459,6 +462,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             TokenCommand::Revoke(args) => token_revoke(&args).await,
         },
         Command::Audit(args) => audit(&args).await,
+        Command::Fleet(command) => crate::maint::fleet(command).await,
         Command::Schema => schema(),
     };
     match outcome {

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod clock;
 pub mod error;
 pub mod export;
+pub mod fleet;
 pub mod http;
 pub mod machines;
 pub mod metrics;

@@ -523,6 +523,7 @@ impl App {
         let mut diagnostics: Vec<Diagnostic> = Vec::new();
         let mut machine_defs = Vec::new();
         let mut runbook_defs = Vec::new();
+        let mut fleet_defs = Vec::new();
         for (name, content) in &files {
             match levee_model::load_documents(name, content, &ctx) {
                 Ok(defs) => {
@@ -530,6 +531,9 @@ impl App {
                         match def {
                             Definition::StateMachine(machine) => {
                                 machine_defs.push((machine, content.clone()))
+                            }
+                            fleet @ (Definition::Fleet(_) | Definition::MaintenancePolicy(_)) => {
+                                fleet_defs.push((fleet, content.clone()))
                             }
                             other => runbook_defs.push((other, content.clone())),
                         }
@@ -542,7 +546,16 @@ impl App {
             return Err(invalid_definitions(diagnostics));
         }
         let _applying = self.apply_lock.lock().await;
-        let runbook_defs = self.prepare_runbook_defs(caller, runbook_defs).await?;
+        let mut runbook_defs = self.prepare_runbook_defs(caller, runbook_defs).await?;
+        let runbooks_applied: std::collections::BTreeSet<String> = runbook_defs
+            .iter()
+            .filter(|d| d.kind == crate::runbooks::KIND_RUNBOOK)
+            .map(|d| d.name.clone())
+            .collect();
+        let fleet_defs = self
+            .prepare_fleet_defs(caller, fleet_defs, &runbooks_applied)
+            .await?;
+        runbook_defs.extend(fleet_defs);
         self.store_defs(caller, machine_defs, runbook_defs, "definition.apply")
             .await
     }

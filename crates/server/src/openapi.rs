@@ -19,7 +19,7 @@ use crate::runbooks;
         api::whoami, api::apply_definitions, api::list_definitions, api::get_definition,
         api::list_machines, api::create_machines, api::get_machine, api::post_event,
         api::get_history, api::post_replay, api::list_audit, api::list_tokens, api::create_token,
-        api::revoke_token, api::list_runbooks, api::plan_runbook,
+        api::revoke_token, api::list_runbooks, api::plan_runbook, api::show_fleets,
     ),
     components(schemas(
         api::MachineView, api::ReplayView, api::HistoryView, api::DefinitionView, api::WhoAmI,
@@ -29,13 +29,15 @@ use crate::runbooks;
         api::CreateTokenResponse, crate::machines::NewMachine, crate::auth::Role,
         runbooks::RunbookSummary, runbooks::ParamView, runbooks::PlanRequest, runbooks::PlanView,
         runbooks::PlannedTask, runbooks::ChecksView, runbooks::RetriesView, runbooks::Prediction,
-        runbooks::CriticalPathView,
+        runbooks::CriticalPathView, crate::fleet::FleetView, crate::fleet::DatacenterView,
+        crate::fleet::PoolView,
     )),
     tags(
         (name = "stateservice", description = "Facebook StateService's endpoint, reproduced exactly"),
         (name = "machines", description = "State machine instances"),
         (name = "definitions", description = "YAML definitions"),
         (name = "runbooks", description = "Stored runbooks and their plans"),
+        (name = "fleet", description = "Fleets, capacity and maintenance"),
         (name = "audit", description = "Who changed what"),
         (name = "auth", description = "Tokens"),
     )

@@ -35,8 +35,9 @@ use levee_model::{DEFAULT_EVENT, DefFormat, EventTransition, MachineDef, StateDe
 use serde_json::json;
 
 use crate::{
-    AuditEntry, AuditFilter, CreatedRun, Error, Lease, MachineFilter, MachineOp, NewDefinition,
-    NewRun, OpOutcome, RunCommit, RunFilter, Store, StoredRun, TaskOutput, TokenRecord,
+    Admit, AuditEntry, AuditFilter, CreatedRun, Error, Lease, MachineFilter, MachineOp,
+    MaintenanceFilter, MaintenanceRecord, NewDefinition, NewRun, OpOutcome, RunCommit, RunFilter,
+    Scheduled, Store, StoredRun, TaskOutput, TokenRecord,
 };
 
 /// The clock every case uses: the store never reads the clock itself.
@@ -114,6 +115,8 @@ macro_rules! conformance_tests {
             released_leases_are_claimed_at_once,
             concurrent_claimers_never_share_a_run_at_one_epoch,
             replicas_list_their_heartbeats_and_leases,
+            maintenances_schedule_update_and_list,
+            concurrent_schedules_never_take_more_than_the_headroom,
         );
     };
     (@cases $mode:ident $make:path; $($case:ident),* $(,)?) => {
@@ -2669,4 +2672,224 @@ pub async fn replicas_list_their_heartbeats_and_leases<S: Store>(store: S) {
         ]
     );
     store.close().await;
+}
+
+/// Hosts of the pool in the concurrent-schedule case.
+pub const SCHEDULE_POOL_HOSTS: usize = 10;
+
+/// Hosts of that pool that may be out at once (size minus floor).
+pub const SCHEDULE_POOL_HEADROOM_HOSTS: usize = 4;
+
+/// Concurrent schedules in the concurrent-schedule case, each asking for one host.
+pub const CONCURRENT_SCHEDULES: usize = 48;
+
+/// A maintenance of `hosts` during `[start_ms, end_ms)`, freshly scheduled.
+pub fn maintenance(id: &str, hosts: &[&str], start_ms: i64, end_ms: i64) -> MaintenanceRecord {
+    MaintenanceRecord {
+        id: id.to_string(),
+        fleet: "row-a".to_string(),
+        selector: format!("host in ({})", hosts.join(", ")),
+        hosts: hosts.iter().map(|h| (*h).to_string()).collect(),
+        kind: "power".to_string(),
+        start_ms,
+        end_ms,
+        owner: "dc-ops".to_string(),
+        state: "scheduled".to_string(),
+        why: "waiting for its start".to_string(),
+        unblock: String::new(),
+        created_by: "alice".to_string(),
+        created_at_ms: NOW_MS,
+        updated_at_ms: NOW_MS,
+        version: 1,
+        details: json!({ "actions": [{ "service": "web", "action": "drain_and_wait" }] }),
+    }
+}
+
+/// A toy admission rule standing in for the fleet's preflight: the hosts reserved by
+/// maintenances overlapping the candidate, with the candidate's, may number at most
+/// `headroom`, and the candidate may not share a host with one of them.
+pub fn admit_within(candidate: &MaintenanceRecord, headroom: usize) -> Admit {
+    let candidate = candidate.clone();
+    Box::new(move |reserving: &[MaintenanceRecord]| {
+        let mut held: Vec<&str> = Vec::new();
+        for other in reserving.iter().filter(|m| {
+            m.reserves() && m.start_ms < candidate.end_ms && candidate.start_ms < m.end_ms
+        }) {
+            for host in &other.hosts {
+                if candidate.hosts.contains(host) {
+                    return Err(json!({ "overlaps": other.id, "host": host }));
+                }
+                held.push(host);
+            }
+        }
+        held.sort_unstable();
+        held.dedup();
+        if held.len() + candidate.hosts.len() > headroom {
+            return Err(json!({ "held": held.len(), "headroom": headroom }));
+        }
+        Ok(())
+    })
+}
+
+pub async fn maintenances_schedule_update_and_list<S: Store>(store: S) {
+    let first = maintenance("m-1", &["h1", "h2"], NOW_MS + 1_000, NOW_MS + 5_000);
+    let scheduled = store
+        .schedule_maintenance(
+            first.clone(),
+            admit_within(&first, 3),
+            Some(audit_entry("alice", "maintenance.schedule", "m-1")),
+        )
+        .await
+        .expect("schedule m-1");
+    assert_eq!(scheduled, Scheduled::Stored(Box::new(first.clone())));
+    assert_eq!(store.maintenance("m-1").await.unwrap(), Some(first.clone()));
+
+    // Sharing h2 with m-1 during an overlapping window: refused, nothing stored.
+    let clash = maintenance("m-2", &["h2"], NOW_MS + 4_000, NOW_MS + 6_000);
+    let refused = store
+        .schedule_maintenance(
+            clash.clone(),
+            admit_within(&clash, 3),
+            Some(audit_entry("bob", "maintenance.schedule", "m-2")),
+        )
+        .await
+        .expect("schedule m-2");
+    assert_eq!(
+        refused,
+        Scheduled::Refused(json!({ "overlaps": "m-1", "host": "h2" }))
+    );
+    assert_eq!(store.maintenance("m-2").await.unwrap(), None);
+    assert_eq!(outcomes_for(&store, "m-1").await, vec!["ok"]);
+    assert_eq!(outcomes_for(&store, "m-2").await, vec!["refused"]);
+
+    // After m-1's window, the same host is free.
+    let later = maintenance("m-3", &["h2"], NOW_MS + 5_000, NOW_MS + 9_000);
+    let stored = store
+        .schedule_maintenance(later.clone(), admit_within(&later, 3), None)
+        .await
+        .unwrap();
+    assert_eq!(stored, Scheduled::Stored(Box::new(later.clone())));
+
+    // The same id again is a conflict, whatever the decision says.
+    let again = store
+        .schedule_maintenance(later.clone(), Box::new(|_| Ok(())), None)
+        .await;
+    assert!(matches!(again, Err(Error::Conflict(_))), "{again:?}");
+
+    // Updates are compare-and-set on the version.
+    let mut cancelled = first.clone();
+    cancelled.version = 2;
+    cancelled.state = "cancelled".to_string();
+    cancelled.why = "cancelled by alice: the vendor postponed".to_string();
+    cancelled.updated_at_ms = NOW_MS + 10;
+    store
+        .update_maintenance(
+            cancelled.clone(),
+            Some(audit_entry("alice", "maintenance.cancel", "m-1")),
+        )
+        .await
+        .expect("cancel m-1");
+    let stale = store.update_maintenance(cancelled.clone(), None).await;
+    assert!(matches!(stale, Err(Error::Conflict(_))), "{stale:?}");
+    let mut missing = maintenance("nope", &["h9"], NOW_MS, NOW_MS + 1);
+    missing.version = 2;
+    let missing = store.update_maintenance(missing, None).await;
+    assert!(matches!(missing, Err(Error::Conflict(_))), "{missing:?}");
+    assert_eq!(
+        store.maintenance("m-1").await.unwrap(),
+        Some(cancelled.clone())
+    );
+    assert_eq!(outcomes_for(&store, "m-1").await, vec!["ok", "ok"]);
+
+    let all = store
+        .maintenances(&MaintenanceFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(all, vec![cancelled, later.clone()], "by start time");
+    let reserving = store
+        .maintenances(&MaintenanceFilter {
+            reserving_only: true,
+            ..MaintenanceFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        reserving,
+        vec![later.clone()],
+        "a cancelled one reserves nothing"
+    );
+
+    // A cancelled maintenance no longer holds h2: an overlapping one may take it.
+    let retry = maintenance("m-4", &["h1", "h2"], NOW_MS + 1_000, NOW_MS + 5_000);
+    let stored = store
+        .schedule_maintenance(retry.clone(), admit_within(&retry, 3), None)
+        .await
+        .unwrap();
+    assert_eq!(stored, Scheduled::Stored(Box::new(retry)));
+
+    // A window that ends before it starts is never stored.
+    let backwards = maintenance("m-5", &["h7"], NOW_MS + 10, NOW_MS);
+    let answer = store
+        .schedule_maintenance(backwards, Box::new(|_| Ok(())), None)
+        .await;
+    assert!(matches!(answer, Err(Error::Corrupt(_))), "{answer:?}");
+    assert_eq!(store.maintenance("m-5").await.unwrap(), None);
+}
+
+/// Many clients schedule overlapping maintenances of one pool at once, through `stores` (one
+/// store, or several replicas on one database): the accepted ones together never take more
+/// than the headroom, and every one the headroom allows is accepted.
+pub async fn concurrent_schedules_keep_the_headroom(stores: Vec<Arc<dyn Store>>) {
+    let mut tasks = Vec::with_capacity(CONCURRENT_SCHEDULES);
+    for i in 0..CONCURRENT_SCHEDULES {
+        let store = stores[i % stores.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let host = format!("h{}", i % SCHEDULE_POOL_HOSTS);
+            // Windows overlap pairwise: all contain NOW_MS + 10_000.
+            let start = NOW_MS + (i as i64) * 100;
+            let candidate = maintenance(&format!("c-{i:02}"), &[&host], start, NOW_MS + 20_000);
+            loop {
+                let admit = admit_within(&candidate, SCHEDULE_POOL_HEADROOM_HOSTS);
+                match store
+                    .schedule_maintenance(candidate.clone(), admit, None)
+                    .await
+                {
+                    // A PostgreSQL batch retried after a deadlock answers the calls whose
+                    // decisions already ran `Unavailable`; the client asks again.
+                    Err(Error::Unavailable(_)) => continue,
+                    other => return other.expect("schedule"),
+                }
+            }
+        }));
+    }
+    let mut stored = 0;
+    for task in tasks {
+        if let Scheduled::Stored(_) = task.await.expect("a scheduling task") {
+            stored += 1;
+        }
+    }
+    let reserving = stores[0]
+        .maintenances(&MaintenanceFilter {
+            reserving_only: true,
+            ..MaintenanceFilter::default()
+        })
+        .await
+        .unwrap();
+    let mut hosts: Vec<&str> = reserving
+        .iter()
+        .flat_map(|m| m.hosts.iter().map(String::as_str))
+        .collect();
+    let held = hosts.len();
+    hosts.sort_unstable();
+    hosts.dedup();
+    assert_eq!(hosts.len(), held, "no host is held twice: {reserving:?}");
+    assert_eq!(
+        held, SCHEDULE_POOL_HEADROOM_HOSTS,
+        "exactly the headroom is taken, never more: {reserving:?}"
+    );
+    assert_eq!(stored, SCHEDULE_POOL_HEADROOM_HOSTS);
+}
+
+pub async fn concurrent_schedules_never_take_more_than_the_headroom<S: Store>(store: S) {
+    concurrent_schedules_keep_the_headroom(vec![Arc::new(store)]).await;
 }

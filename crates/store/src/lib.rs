@@ -335,6 +335,71 @@ pub struct Applied {
     pub created: Vec<MachineRecord>,
 }
 
+/// States in which a maintenance no longer holds capacity: every other state reserves its
+/// hosts during its window.
+pub const MAINTENANCE_RELEASED_STATES: [&str; 2] = ["done", "cancelled"];
+
+/// A maintenance as stored: what it covers and when, where its flow is, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MaintenanceRecord {
+    pub id: String,
+    pub fleet: String,
+    /// The scope as written (`rack=a-r1`).
+    pub selector: String,
+    /// The hosts the selector resolved to when it was scheduled: what it reserves.
+    pub hosts: Vec<String>,
+    /// `network`, `power`, `reboot` or a custom type.
+    pub kind: String,
+    /// The window, `[start_ms, end_ms)`.
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub owner: String,
+    /// `scheduled`, `preflight`, `disabling`, `in_maintenance`, `enabling`, `done`, `blocked`,
+    /// `needs_human`, `failed` or `cancelled`.
+    pub state: String,
+    /// Why it is in its state.
+    pub why: String,
+    /// What would move it on; empty when nothing is needed.
+    pub unblock: String,
+    pub created_by: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// Grows by one per stored change; updates are compare-and-set on it.
+    pub version: i64,
+    /// The flow's own facts (per-service actions and confirmations, runs started, the last
+    /// preflight), stored as given.
+    pub details: serde_json::Value,
+}
+
+impl MaintenanceRecord {
+    /// Whether it still holds its hosts during its window.
+    pub fn reserves(&self) -> bool {
+        !MAINTENANCE_RELEASED_STATES.contains(&self.state.as_str())
+    }
+}
+
+/// Decides, inside the write transaction, whether a new maintenance may be stored next to
+/// every stored maintenance that still reserves capacity (any fleet; the closure filters).
+/// `Err` carries the explanation the caller is answered with.
+pub type Admit =
+    Box<dyn FnOnce(&[MaintenanceRecord]) -> std::result::Result<(), serde_json::Value> + Send>;
+
+/// The outcome of [`Store::schedule_maintenance`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Scheduled {
+    Stored(Box<MaintenanceRecord>),
+    /// The decision refused; nothing was stored. Its explanation.
+    Refused(serde_json::Value),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct MaintenanceFilter {
+    /// Only maintenances that still reserve capacity (not done or cancelled).
+    pub reserving_only: bool,
+    pub fleet: Option<String>,
+    pub limit: u32,
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
@@ -508,6 +573,33 @@ pub trait Store: Send + Sync + 'static {
         value: serde_json::Value,
         audit: Option<AuditEntry>,
     ) -> Result<()>;
+
+    /// Stores a new maintenance (its `version` must be 1) if `admit`, run inside the write
+    /// transaction against every stored maintenance that still reserves capacity, lets it:
+    /// two concurrent schedules, from this process or another replica, are decided one after
+    /// the other, so they can never both take the last headroom. The audit entry is written
+    /// either way, its `outcome` set by the store: `ok` or `refused`. Fails with `Conflict` if
+    /// the id is taken.
+    async fn schedule_maintenance(
+        &self,
+        maintenance: MaintenanceRecord,
+        admit: Admit,
+        audit: Option<AuditEntry>,
+    ) -> Result<Scheduled>;
+
+    /// Stores a change to a maintenance whose stored version is `maintenance.version - 1`
+    /// (compare-and-set), with its audit entry (outcome `ok`); `Conflict` otherwise, and
+    /// nothing changes.
+    async fn update_maintenance(
+        &self,
+        maintenance: MaintenanceRecord,
+        audit: Option<AuditEntry>,
+    ) -> Result<()>;
+
+    async fn maintenance(&self, id: &str) -> Result<Option<MaintenanceRecord>>;
+
+    /// Maintenances by start time, then id.
+    async fn maintenances(&self, filter: &MaintenanceFilter) -> Result<Vec<MaintenanceRecord>>;
 
     /// Commits the writes already queued, then closes the database. Writes after this fail
     /// with `Unavailable`. Call it on graceful shutdown so nothing acknowledged is left behind

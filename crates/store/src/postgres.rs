@@ -8,6 +8,7 @@
 
 mod codec;
 mod leases;
+mod maintenance;
 mod runs;
 mod writer;
 
@@ -709,6 +710,45 @@ impl Store for PostgresStore {
 
     async fn replicas(&self, seen_since_ms: i64) -> Result<Vec<ReplicaRecord>> {
         leases::replicas(&self.inner.pool, seen_since_ms).await
+    }
+
+    async fn schedule_maintenance(
+        &self,
+        maintenance: crate::MaintenanceRecord,
+        admit: crate::Admit,
+        audit: Option<AuditEntry>,
+    ) -> Result<crate::Scheduled> {
+        self.write(|reply| Write::ScheduleMaintenance {
+            maintenance: Box::new(maintenance),
+            admit,
+            audit,
+            reply,
+        })
+        .await
+    }
+
+    async fn update_maintenance(
+        &self,
+        maintenance: crate::MaintenanceRecord,
+        audit: Option<AuditEntry>,
+    ) -> Result<()> {
+        self.write(|reply| Write::UpdateMaintenance {
+            maintenance: Box::new(maintenance),
+            audit,
+            reply,
+        })
+        .await
+    }
+
+    async fn maintenance(&self, id: &str) -> Result<Option<crate::MaintenanceRecord>> {
+        maintenance::get(&self.inner.pool, id).await
+    }
+
+    async fn maintenances(
+        &self,
+        filter: &crate::MaintenanceFilter,
+    ) -> Result<Vec<crate::MaintenanceRecord>> {
+        maintenance::list(&self.inner.pool, filter).await
     }
 
     async fn close(&self) {

@@ -10,8 +10,8 @@ use levee_engine::{Change, MachineRecord};
 use tokio::sync::oneshot;
 
 use crate::{
-    Applied, AuditEntry, CreatedRun, Error, MachineOp, NewDefinition, NewRun, OpOutcome, Result,
-    RunCommit, TokenRecord,
+    Admit, Applied, AuditEntry, CreatedRun, Error, MachineOp, MaintenanceRecord, NewDefinition,
+    NewRun, OpOutcome, Result, RunCommit, Scheduled, TokenRecord,
 };
 
 /// Requests that may wait for the writer before senders are made to wait too. Bounded so a
@@ -72,6 +72,18 @@ pub(crate) enum Write {
         audit: Option<AuditEntry>,
         reply: Reply<()>,
     },
+    /// Its `admit` runs once, inside the batch, against the reserving maintenances.
+    ScheduleMaintenance {
+        maintenance: Box<MaintenanceRecord>,
+        admit: Admit,
+        audit: Option<AuditEntry>,
+        reply: Reply<Scheduled>,
+    },
+    UpdateMaintenance {
+        maintenance: Box<MaintenanceRecord>,
+        audit: Option<AuditEntry>,
+        reply: Reply<()>,
+    },
 }
 
 #[expect(
@@ -123,7 +135,11 @@ impl Write {
             Write::CreateRun { reply, .. } => {
                 let _ = reply.send(Err(error()));
             }
-            Write::Audit { reply, .. }
+            Write::ScheduleMaintenance { reply, .. } => {
+                let _ = reply.send(Err(error()));
+            }
+            Write::UpdateMaintenance { reply, .. }
+            | Write::Audit { reply, .. }
             | Write::CreateToken { reply, .. }
             | Write::CommitRun { reply, .. }
             | Write::SetSetting { reply, .. }
@@ -227,4 +243,29 @@ pub(crate) fn named_runs<'a>(writes: impl IntoIterator<Item = &'a Write>) -> Vec
     ids.sort_unstable();
     ids.dedup();
     ids
+}
+
+/// Runs a schedule's admission decision against the reserving maintenances; a panicking
+/// decision is a bug, answered `Corrupt` without failing the rest of the batch.
+pub(crate) fn run_admit(
+    admit: crate::Admit,
+    reserving: &[MaintenanceRecord],
+) -> Result<std::result::Result<(), serde_json::Value>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| admit(reserving))).map_err(|payload| {
+        Error::Corrupt(format!(
+            "the admission decision panicked: {}",
+            panic_message(&*payload)
+        ))
+    })
+}
+
+/// Checks a maintenance the store is asked to write: a window that ends after it starts.
+pub(crate) fn check_maintenance(maintenance: &MaintenanceRecord) -> Result<()> {
+    if maintenance.end_ms <= maintenance.start_ms {
+        return Err(Error::Corrupt(format!(
+            "maintenance `{}` ends ({}) no later than it starts ({})",
+            maintenance.id, maintenance.end_ms, maintenance.start_ms
+        )));
+    }
+    Ok(())
 }

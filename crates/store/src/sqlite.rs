@@ -8,6 +8,7 @@
 
 mod codec;
 mod leases;
+mod maintenance;
 mod runs;
 mod writer;
 
@@ -731,6 +732,45 @@ impl Store for SqliteStore {
 
     async fn replicas(&self, seen_since_ms: i64) -> Result<Vec<ReplicaRecord>> {
         leases::replicas(&self.inner.read, seen_since_ms).await
+    }
+
+    async fn schedule_maintenance(
+        &self,
+        maintenance: crate::MaintenanceRecord,
+        admit: crate::Admit,
+        audit: Option<AuditEntry>,
+    ) -> Result<crate::Scheduled> {
+        self.write(|reply| Write::ScheduleMaintenance {
+            maintenance: Box::new(maintenance),
+            admit,
+            audit,
+            reply,
+        })
+        .await
+    }
+
+    async fn update_maintenance(
+        &self,
+        maintenance: crate::MaintenanceRecord,
+        audit: Option<AuditEntry>,
+    ) -> Result<()> {
+        self.write(|reply| Write::UpdateMaintenance {
+            maintenance: Box::new(maintenance),
+            audit,
+            reply,
+        })
+        .await
+    }
+
+    async fn maintenance(&self, id: &str) -> Result<Option<crate::MaintenanceRecord>> {
+        maintenance::get(&self.inner.read, id).await
+    }
+
+    async fn maintenances(
+        &self,
+        filter: &crate::MaintenanceFilter,
+    ) -> Result<Vec<crate::MaintenanceRecord>> {
+        maintenance::list(&self.inner.read, filter).await
     }
 
     async fn close(&self) {

@@ -631,3 +631,17 @@ fn test_database_urls_keep_everything_but_the_database() {
     );
     assert_eq!(database_url("postgres://host", "t3"), "postgres://host/t3");
 }
+
+/// Clients of three replicas scheduling overlapping maintenances of one pool at once: the
+/// replicas take turns on `fleet_lock`, so together they never take more than the headroom.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_scheduling_at_once_never_take_more_than_the_headroom() {
+    let Some((stores, _database)) = replicas(3).await else {
+        return;
+    };
+    let stores: Vec<std::sync::Arc<dyn levee_store::Store>> = stores
+        .into_iter()
+        .map(|store| std::sync::Arc::new(store) as std::sync::Arc<dyn levee_store::Store>)
+        .collect();
+    levee_store::conformance::concurrent_schedules_keep_the_headroom(stores).await;
+}

@@ -44,10 +44,22 @@ pub fn router() -> Router<SharedApp> {
         .route("/machines/{id}/replay", post(post_replay))
         .route("/runbooks", get(list_runbooks))
         .route("/runbooks/{name}/plan", post(plan_runbook))
+        .route("/fleet", get(show_fleets))
         .route("/audit", get(list_audit))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{name}", delete(revoke_token))
         .merge(super::runs::router())
+}
+
+/// Every stored fleet: hosts, services, and each pool's size, floor and headroom, per
+/// datacenter.
+#[utoipa::path(get, path = "/api/v1/fleet", tag = "fleet",
+    responses((status = 200, body = Vec<crate::fleet::FleetView>)))]
+pub async fn show_fleets(
+    State(app): State<SharedApp>,
+    caller: Caller,
+) -> Result<axum::Json<Vec<crate::fleet::FleetView>>, ApiError> {
+    Ok(axum::Json(app.fleet_views(&caller).await?))
 }
 
 pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {

@@ -107,6 +107,7 @@ enum Answer {
     Revoked(Result<bool>),
     /// Boxed: a stored run carries every task record, and most answers are far smaller.
     Created(Box<Result<CreatedRun>>),
+    Scheduled(Box<Result<crate::Scheduled>>),
 }
 
 /// A write in the batch being committed.
@@ -134,11 +135,15 @@ impl Job {
             (Write::CreateRun { reply, .. }, Some(Answer::Created(result))) => {
                 let _ = reply.send(*result);
             }
+            (Write::ScheduleMaintenance { reply, .. }, Some(Answer::Scheduled(result))) => {
+                let _ = reply.send(*result);
+            }
             (
                 Write::Audit { reply, .. }
                 | Write::CreateToken { reply, .. }
                 | Write::CommitRun { reply, .. }
                 | Write::SetSetting { reply, .. }
+                | Write::UpdateMaintenance { reply, .. }
                 | Write::Ping { reply },
                 Some(Answer::Done(result)),
             ) => {
@@ -625,6 +630,45 @@ impl Batch {
                     Err(error) => Err(error),
                 })
             }
+            Write::ScheduleMaintenance {
+                maintenance,
+                admit,
+                audit,
+                ..
+            } => {
+                // The decision is consumed here: a retried batch answers this call
+                // `Unavailable` instead of deciding it twice.
+                *decided = true;
+                let admit = std::mem::replace(admit, Box::new(|_| Err(serde_json::Value::Null)));
+                let audit_checked = check_audit(audit.as_ref());
+                Answer::Scheduled(Box::new(match audit_checked {
+                    Ok(()) => {
+                        super::maintenance::schedule(
+                            conn,
+                            (**maintenance).clone(),
+                            admit,
+                            audit.clone(),
+                            &mut self.audit,
+                        )
+                        .await?
+                    }
+                    Err(error) => Err(error),
+                }))
+            }
+            Write::UpdateMaintenance {
+                maintenance, audit, ..
+            } => Answer::Done(match check_audit(audit.as_ref()) {
+                Ok(()) => {
+                    super::maintenance::update(
+                        conn,
+                        (**maintenance).clone(),
+                        audit.clone(),
+                        &mut self.audit,
+                    )
+                    .await?
+                }
+                Err(error) => Err(error),
+            }),
         })
     }
 

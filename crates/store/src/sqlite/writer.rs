@@ -306,6 +306,31 @@ async fn run_batch(
                 }
                 settle(done, reply, outcome)?;
             }
+            Write::ScheduleMaintenance {
+                maintenance,
+                admit,
+                audit,
+                reply,
+            } => {
+                let outcome = super::maintenance::schedule(
+                    conn,
+                    *maintenance,
+                    admit,
+                    audit,
+                    &mut batch.audit,
+                )
+                .await;
+                settle(done, reply, outcome)?;
+            }
+            Write::UpdateMaintenance {
+                maintenance,
+                audit,
+                reply,
+            } => {
+                let outcome =
+                    super::maintenance::update(conn, *maintenance, audit, &mut batch.audit).await;
+                settle(done, reply, outcome)?;
+            }
         }
     }
     batch.flush(conn).await?;
