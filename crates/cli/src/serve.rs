@@ -112,6 +112,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(
         address = %format!("http://{local}"),
+        ui = %format!("http://{local}/ui/"),
         store = %database,
         machines = app.cached_count(),
         "Levee is serving"
