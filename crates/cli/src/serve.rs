@@ -136,6 +136,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!(
         address = %format!("http://{local}"),
+        ui = %format!("http://{local}/ui/"),
         store = %database,
         machines = app.cached_count(),
         "Levee is serving"

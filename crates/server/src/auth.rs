@@ -10,6 +10,7 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use levee_engine::MachineRecord;
 use levee_store::{DynStore, TokenRecord};
@@ -27,6 +28,11 @@ pub const TOKEN_PREFIX: &str = "lvt_";
 pub const TOKEN_SECRET_BYTES: usize = 32;
 /// Name the audit log and history give callers when authentication is off.
 pub const ANONYMOUS: &str = "anonymous";
+/// The cookie the web UI's sign-in stores the token secret in (HttpOnly, SameSite=Strict).
+pub const UI_COOKIE: &str = "levee_token";
+/// The header the web UI's script sets on every API call; required with the cookie for any
+/// request that changes something.
+pub const UI_REQUEST_HEADER: &str = "x-levee-ui";
 
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
@@ -255,6 +261,43 @@ impl Auth {
     }
 }
 
+/// The value of cookie `name` in a request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim())
+}
+
+/// The bearer a request presents: its `Authorization` header, or else the web UI's sign-in
+/// cookie. Browsers send cookies with every request, so a cookie counts for a request that
+/// changes something only when it also carries [`UI_REQUEST_HEADER`], which a page of another
+/// site cannot add without a CORS preflight that Levee never grants.
+fn presented_bearer(parts: &Parts) -> Result<Option<String>, ApiError> {
+    if let Some(header) = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return Ok(Some(header.to_string()));
+    }
+    let Some(secret) = cookie(&parts.headers, UI_COOKIE).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let safe = parts.method.is_safe();
+    if !safe && !parts.headers.contains_key(UI_REQUEST_HEADER) {
+        return Err(ApiError::forbidden(format!(
+            "a request that signs in with the web UI's cookie and changes something must carry \
+             the `{UI_REQUEST_HEADER}` header (protection against cross-site requests)"
+        )));
+    }
+    Ok(Some(format!("Bearer {secret}")))
+}
+
 impl FromRequestParts<SharedApp> for Caller {
     type Rejection = ApiError;
 
@@ -262,14 +305,14 @@ impl FromRequestParts<SharedApp> for Caller {
         parts: &mut Parts,
         app: &SharedApp,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
         let remote = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
-        app.auth.authenticate(header, remote)
+        if !app.auth.required() {
+            return app.auth.authenticate(None, remote);
+        }
+        let bearer = presented_bearer(parts)?;
+        app.auth.authenticate(bearer.as_deref(), remote)
     }
 }

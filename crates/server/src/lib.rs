@@ -19,6 +19,7 @@ pub mod runbooks;
 pub mod runs;
 pub mod serve;
 pub mod timers;
+pub mod ui;
 pub mod webhooks;
 
 use std::sync::Arc;

@@ -43,6 +43,7 @@ pub fn app(app: SharedApp) -> Router {
                 Duration::from_millis(REQUEST_TIMEOUT_MS),
             )),
         )
+        .merge(crate::ui::router())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))

@@ -1,0 +1,456 @@
+//! Geometry of the run page's pictures, computed on the server so the browser only draws: the
+//! task graph laid out in waves (`levee_engine::runbook::plan_waves`) and the Gantt timeline of
+//! actual against predicted task times. Pure: plans, times and sizes in, coordinates out.
+
+use std::collections::HashMap;
+
+/// Above this many tasks the graph drops labels and draws small squares (the task's id is in
+/// its tooltip and in the table below), so 1,000 tasks stay on a few screens.
+pub const GRAPH_LABELLED_MAX_TASKS: usize = 120;
+/// Above this many tasks no graph is drawn at all; the task table (which lists each task's
+/// wave and dependencies) is the view.
+pub const GRAPH_MAX_TASKS: usize = 5_000;
+/// Above this many dependency lines a labelled graph draws only those of the critical path.
+pub const GRAPH_MAX_EDGES: usize = 1_000;
+/// A compact graph wraps a wave into another column after this many tasks.
+pub const GRAPH_COMPACT_COLUMN_TASKS: usize = 50;
+/// Width of a labelled node, in pixels.
+pub const NODE_WIDTH_PX: u32 = 150;
+/// Height of a labelled node, in pixels.
+pub const NODE_HEIGHT_PX: u32 = 22;
+/// Side of a compact node, in pixels.
+pub const COMPACT_NODE_PX: u32 = 9;
+/// Extra space between two waves of a compact graph, in pixels.
+pub const GRAPH_WAVE_GAP_PX: u32 = 24;
+/// Space between nodes and around the picture, in pixels.
+pub const GRAPH_GAP_PX: u32 = 10;
+/// Longest label drawn in a labelled node, in characters (the full id is in the tooltip).
+pub const NODE_LABEL_MAX_CHARS: usize = 20;
+/// Width of the Gantt timeline's time axis, in pixels.
+pub const GANTT_AXIS_WIDTH_PX: u32 = 900;
+/// Width of the Gantt's task-name column, in pixels (labelled layout only).
+pub const GANTT_LABEL_WIDTH_PX: u32 = 170;
+/// Height of one Gantt row with labels, in pixels.
+pub const GANTT_ROW_PX: u32 = 16;
+/// Height of one Gantt row without labels (more than [`GRAPH_LABELLED_MAX_TASKS`] tasks).
+pub const GANTT_COMPACT_ROW_PX: u32 = 4;
+/// Time-axis ticks drawn on the Gantt.
+pub const GANTT_TICKS: u32 = 6;
+
+/// One task as the pictures need it.
+#[derive(Clone, Debug)]
+pub struct TaskTimes {
+    pub id: String,
+    pub status: String,
+    /// Indexes of the tasks it depends on (`needs` and `after`).
+    pub deps: Vec<usize>,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub predicted_ms: u64,
+    pub critical: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub id: String,
+    pub label: String,
+    pub status: String,
+    pub critical: bool,
+    pub x: u32,
+    pub y: u32,
+    pub w: u32,
+    pub h: u32,
+    /// Where the label's text starts and its baseline.
+    pub text_x: u32,
+    pub text_y: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Edge {
+    pub x1: u32,
+    pub y1: u32,
+    pub x2: u32,
+    pub y2: u32,
+    pub critical: bool,
+}
+
+/// The task graph, or why it is not drawn.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Graph {
+    pub width: u32,
+    pub height: u32,
+    pub labelled: bool,
+    pub nodes: Vec<Node>,
+    pub edges: Vec<Edge>,
+    /// Set when the graph is not drawn (too many tasks).
+    pub omitted: Option<String>,
+}
+
+/// Lays the tasks out in columns, one per wave (wrapped into several columns in the compact
+/// layout), dependencies as lines from a task's right edge to its dependent's left edge.
+pub fn graph(tasks: &[TaskTimes], waves: &[Vec<usize>]) -> Graph {
+    if tasks.len() > GRAPH_MAX_TASKS {
+        return Graph {
+            width: 0,
+            height: 0,
+            labelled: false,
+            nodes: Vec::new(),
+            edges: Vec::new(),
+            omitted: Some(format!(
+                "{} tasks: the graph is drawn up to {GRAPH_MAX_TASKS}; the table below lists \
+                 every task with its wave and dependencies",
+                tasks.len()
+            )),
+        };
+    }
+    let labelled = tasks.len() <= GRAPH_LABELLED_MAX_TASKS;
+    let (w, h) = if labelled {
+        (NODE_WIDTH_PX, NODE_HEIGHT_PX)
+    } else {
+        (COMPACT_NODE_PX, COMPACT_NODE_PX)
+    };
+    let per_column = if labelled {
+        usize::MAX
+    } else {
+        GRAPH_COMPACT_COLUMN_TASKS
+    };
+    let column_gap = if labelled {
+        GRAPH_GAP_PX * 4
+    } else {
+        GRAPH_GAP_PX
+    };
+    let row_gap = if labelled {
+        GRAPH_GAP_PX
+    } else {
+        GRAPH_GAP_PX / 3
+    };
+    let mut at: HashMap<usize, (u32, u32)> = HashMap::with_capacity(tasks.len());
+    let mut column = 0_u32;
+    let mut height = 0_u32;
+    // A wave wrapped into several columns is set apart from the next by a wider gap.
+    let mut wave_offset = 0_u32;
+    for (wave_index, wave) in waves.iter().enumerate() {
+        if !labelled && wave_index > 0 {
+            wave_offset += GRAPH_WAVE_GAP_PX;
+        }
+        for chunk in wave.chunks(per_column.max(1)) {
+            for (row, &task) in chunk.iter().enumerate() {
+                let x = GRAPH_GAP_PX + wave_offset + column * (w + column_gap);
+                let y = GRAPH_GAP_PX + u32::try_from(row).unwrap_or(u32::MAX) * (h + row_gap);
+                at.insert(task, (x, y));
+                height = height.max(y + h + GRAPH_GAP_PX);
+            }
+            column += 1;
+        }
+    }
+    let width = GRAPH_GAP_PX + wave_offset + column * (w + column_gap);
+    let nodes = tasks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, task)| {
+            let (x, y) = *at.get(&i)?;
+            Some(Node {
+                id: task.id.clone(),
+                label: if labelled {
+                    shorten(&task.id, NODE_LABEL_MAX_CHARS)
+                } else {
+                    String::new()
+                },
+                status: task.status.clone(),
+                critical: task.critical,
+                x,
+                y,
+                w,
+                h,
+                text_x: x + 6,
+                text_y: y + h / 2 + 4,
+            })
+        })
+        .collect();
+    let total_edges: usize = tasks.iter().map(|t| t.deps.len()).sum();
+    let all_edges = labelled && total_edges <= GRAPH_MAX_EDGES;
+    let mut edges = Vec::new();
+    for (i, task) in tasks.iter().enumerate() {
+        for &dep in &task.deps {
+            let critical = task.critical && tasks.get(dep).is_some_and(|d| d.critical);
+            if !(all_edges || critical) {
+                continue;
+            }
+            let (Some(&(dx, dy)), Some(&(tx, ty))) = (at.get(&dep), at.get(&i)) else {
+                continue;
+            };
+            edges.push(Edge {
+                x1: dx + w,
+                y1: dy + h / 2,
+                x2: tx,
+                y2: ty + h / 2,
+                critical,
+            });
+        }
+    }
+    Graph {
+        width,
+        height,
+        labelled,
+        nodes,
+        edges,
+        omitted: None,
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GanttRow {
+    pub id: String,
+    pub label: String,
+    pub status: String,
+    pub critical: bool,
+    pub y: u32,
+    pub h: u32,
+    pub text_y: u32,
+    pub actual_x: u32,
+    pub actual_w: u32,
+    pub predicted_x: u32,
+    pub predicted_w: u32,
+    /// For the tooltip: actual and predicted durations in words.
+    pub actual: String,
+    pub predicted: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tick {
+    pub x: u32,
+    pub label: String,
+}
+
+/// The Gantt timeline: every task that started, in order of start, its actual bar (to now
+/// while it runs) over its predicted bar from the same start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gantt {
+    pub width: u32,
+    pub height: u32,
+    pub labelled: bool,
+    pub label_width: u32,
+    pub rows: Vec<GanttRow>,
+    pub ticks: Vec<Tick>,
+    pub axis_y: u32,
+}
+
+pub fn gantt(tasks: &[TaskTimes], now_ms: i64) -> Gantt {
+    let labelled = tasks.len() <= GRAPH_LABELLED_MAX_TASKS;
+    let label_width = if labelled { GANTT_LABEL_WIDTH_PX } else { 0 };
+    let row_px = if labelled {
+        GANTT_ROW_PX
+    } else {
+        GANTT_COMPACT_ROW_PX
+    };
+    let mut started: Vec<&TaskTimes> = tasks.iter().filter(|t| t.started_at_ms.is_some()).collect();
+    started.sort_by_key(|t| t.started_at_ms);
+    let origin = started
+        .first()
+        .and_then(|t| t.started_at_ms)
+        .unwrap_or(now_ms);
+    let end = started
+        .iter()
+        .map(|t| {
+            let start = t.started_at_ms.unwrap_or(origin);
+            let actual_end = t.finished_at_ms.unwrap_or(now_ms.max(start));
+            let predicted_end =
+                start.saturating_add(i64::try_from(t.predicted_ms).unwrap_or(i64::MAX));
+            actual_end.max(predicted_end)
+        })
+        .max()
+        .unwrap_or(origin);
+    let span_ms = (end - origin).max(1);
+    let scale = |ms: i64| -> u32 {
+        let px = (ms.max(0) as f64) * f64::from(GANTT_AXIS_WIDTH_PX) / span_ms as f64;
+        px.round().clamp(0.0, f64::from(GANTT_AXIS_WIDTH_PX)) as u32
+    };
+    let axis_y = 14;
+    let first_row_y = axis_y + 6;
+    let rows = started
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let start = t.started_at_ms.unwrap_or(origin);
+            let actual_ms = t.finished_at_ms.unwrap_or(now_ms.max(start)) - start;
+            let predicted_ms = i64::try_from(t.predicted_ms).unwrap_or(i64::MAX);
+            let y = first_row_y + u32::try_from(i).unwrap_or(u32::MAX) * row_px;
+            let x = label_width + scale(start - origin);
+            GanttRow {
+                id: t.id.clone(),
+                label: if labelled {
+                    shorten(&t.id, NODE_LABEL_MAX_CHARS)
+                } else {
+                    String::new()
+                },
+                status: t.status.clone(),
+                critical: t.critical,
+                y,
+                h: row_px.saturating_sub(2).max(1),
+                text_y: y + row_px - 4,
+                actual_x: x,
+                actual_w: scale(actual_ms).max(1),
+                predicted_x: x,
+                predicted_w: scale(predicted_ms).max(1),
+                actual: duration_text(u64::try_from(actual_ms).unwrap_or(0)),
+                predicted: duration_text(t.predicted_ms),
+            }
+        })
+        .collect::<Vec<_>>();
+    let ticks = (0..=GANTT_TICKS)
+        .map(|k| {
+            let ms = span_ms * i64::from(k) / i64::from(GANTT_TICKS);
+            Tick {
+                x: label_width + scale(ms),
+                label: format!("+{}", duration_text(u64::try_from(ms).unwrap_or(0))),
+            }
+        })
+        .collect();
+    let height =
+        first_row_y + u32::try_from(rows.len()).unwrap_or(u32::MAX) * row_px + GRAPH_GAP_PX;
+    Gantt {
+        width: label_width + GANTT_AXIS_WIDTH_PX + 60,
+        height,
+        labelled,
+        label_width,
+        rows,
+        ticks,
+        axis_y,
+    }
+}
+
+/// `text` cut to `max` characters, with an ellipsis when cut.
+pub fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut short: String = text.chars().take(max.saturating_sub(1)).collect();
+    short.push('…');
+    short
+}
+
+/// A duration as people read it: `850ms`, `12.5s`, `4m 05s`, `2h 03m`.
+pub fn duration_text(ms: u64) -> String {
+    if ms < 1_000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1_000.0)
+    } else if ms < 3_600_000 {
+        format!("{}m {:02}s", ms / 60_000, (ms % 60_000) / 1_000)
+    } else {
+        format!("{}h {:02}m", ms / 3_600_000, (ms % 3_600_000) / 60_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: &str, deps: &[usize], critical: bool) -> TaskTimes {
+        TaskTimes {
+            id: id.to_string(),
+            status: "waiting".to_string(),
+            deps: deps.to_vec(),
+            started_at_ms: None,
+            finished_at_ms: None,
+            predicted_ms: 1_000,
+            critical,
+        }
+    }
+
+    #[test]
+    fn a_small_graph_is_labelled_with_a_column_per_wave_and_every_edge() {
+        let tasks = vec![
+            task("a", &[], true),
+            task("b", &[0], true),
+            task("c", &[0], false),
+        ];
+        let g = graph(&tasks, &[vec![0], vec![1, 2]]);
+        assert!(g.labelled);
+        assert_eq!(g.nodes.len(), 3);
+        assert_eq!(g.nodes[1].x, g.nodes[2].x, "one wave, one column");
+        assert!(g.nodes[1].x > g.nodes[0].x);
+        assert!(g.nodes[2].y > g.nodes[1].y);
+        assert_eq!(g.edges.len(), 2);
+        assert_eq!(g.edges.iter().filter(|e| e.critical).count(), 1);
+        assert!(
+            g.nodes
+                .iter()
+                .all(|n| n.x + n.w <= g.width && n.y + n.h <= g.height)
+        );
+    }
+
+    #[test]
+    fn a_thousand_tasks_get_the_compact_layout_with_only_critical_edges() {
+        let mut tasks = Vec::new();
+        for i in 0..1_000 {
+            let deps = if i >= 100 { vec![i - 100] } else { Vec::new() };
+            tasks.push(task(&format!("t{i}"), &deps, i % 100 == 0));
+        }
+        let waves: Vec<Vec<usize>> = (0..10)
+            .map(|w| (w * 100..(w + 1) * 100).collect())
+            .collect();
+        let g = graph(&tasks, &waves);
+        assert!(!g.labelled);
+        assert_eq!(g.nodes.len(), 1_000);
+        assert_eq!(
+            g.edges.len(),
+            9,
+            "only the critical chain t0 → t100 → ... → t900"
+        );
+        assert!(
+            g.height < 100 * COMPACT_NODE_PX,
+            "a wave of 100 wraps into columns: {}",
+            g.height
+        );
+        assert!(
+            g.nodes
+                .iter()
+                .all(|n| n.x + n.w <= g.width && n.y + n.h <= g.height)
+        );
+    }
+
+    #[test]
+    fn too_many_tasks_are_not_drawn_and_say_why() {
+        let tasks: Vec<TaskTimes> = (0..=GRAPH_MAX_TASKS)
+            .map(|i| task(&format!("t{i}"), &[], false))
+            .collect();
+        let g = graph(&tasks, &[(0..tasks.len()).collect()]);
+        assert!(g.nodes.is_empty());
+        assert!(g.omitted.unwrap().contains("table"));
+    }
+
+    #[test]
+    fn the_gantt_draws_started_tasks_in_start_order_against_their_prediction() {
+        let mut a = task("a", &[], true);
+        a.started_at_ms = Some(10_000);
+        a.finished_at_ms = Some(12_000);
+        let mut b = task("b", &[0], true);
+        b.started_at_ms = Some(12_000);
+        b.predicted_ms = 6_000;
+        let c = task("c", &[1], false);
+        let g = gantt(&[b.clone(), a.clone(), c], 14_000);
+        assert_eq!(
+            g.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let (ra, rb) = (&g.rows[0], &g.rows[1]);
+        assert_eq!(ra.actual_x, g.label_width);
+        // The span runs from 10 s to b's predicted end at 18 s: 8 s over the axis.
+        assert_eq!(ra.actual_w, GANTT_AXIS_WIDTH_PX / 4);
+        assert_eq!(rb.actual_x, g.label_width + GANTT_AXIS_WIDTH_PX / 4);
+        assert_eq!(rb.actual_w, GANTT_AXIS_WIDTH_PX / 4, "running: to now");
+        assert_eq!(rb.predicted_w, GANTT_AXIS_WIDTH_PX * 3 / 4);
+        assert_eq!(g.ticks.len() as u32, GANTT_TICKS + 1);
+    }
+
+    #[test]
+    fn durations_read_as_people_say_them() {
+        assert_eq!(duration_text(850), "850ms");
+        assert_eq!(duration_text(12_500), "12.5s");
+        assert_eq!(duration_text(245_000), "4m 05s");
+        assert_eq!(duration_text(7_380_000), "2h 03m");
+        assert_eq!(shorten("abcdef", 4), "abc…");
+        assert_eq!(shorten("abc", 4), "abc");
+    }
+}

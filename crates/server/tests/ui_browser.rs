@@ -1,0 +1,602 @@
+//! The web UI in a real browser: Debian's chromium, headless, driven through chromedriver by
+//! fantoccini against a real server. Operators steer a run (override a failed health check,
+//! approve) and watch it finish live; a viewer sees no controls and the API refuses it; a run
+//! page of 1,000 tasks is timed (render, and live updates while the API drives transitions).
+//! Screenshots of the main pages go to `target/ui-screenshots/`.
+//!
+//! Without chromium or chromedriver the tests say why and pass, unless `CI` is set: CI installs
+//! both (`.ci/run`), so there a missing browser is a failure.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{Options, TestServer, start_with};
+use fantoccini::{Client, ClientBuilder, Locator};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// How long chromedriver may take to accept connections, in milliseconds.
+const DRIVER_START_MS: u64 = 20_000;
+/// How long a test waits for something to appear on a page, in milliseconds.
+const PAGE_WAIT_MS: u64 = 20_000;
+/// The pause between two looks at a page, in milliseconds.
+const PAGE_POLL_MS: u64 = 50;
+/// Tasks of the large run.
+const LARGE_RUN_TASKS: usize = 1_000;
+/// Tasks per wave of the large run (each depends on the task one wave before).
+const LARGE_RUN_WAVE_TASKS: usize = 250;
+/// How long each task of the large run waits.
+const LARGE_RUN_WAIT: &str = "1s";
+/// The large run must move its tasks at least this fast for the live measurement to mean
+/// something, in transitions per second.
+const MIN_DRIVEN_TRANSITIONS_PER_S: f64 = 100.0;
+/// Journal entries read per request.
+const JOURNAL_PAGE_ROWS: u32 = 500;
+/// A generous bound on the large run page's DOMContentLoaded, in milliseconds; the figure
+/// itself is printed.
+const RENDER_BOUND_MS: f64 = 5_000.0;
+/// A generous bound on how long the page may lag behind the last transition, in milliseconds.
+const LIVE_LAG_BOUND_MS: u64 = 30_000;
+/// The browser window, in pixels.
+const WINDOW_SIZE: &str = "1400,1000";
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Where screenshots go: `target/ui-screenshots/` of the cargo target folder in use.
+fn screenshot_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    target.join("ui-screenshots")
+}
+
+/// A headless chromium behind a chromedriver this test started (killed when dropped).
+struct Browser {
+    client: Client,
+    _driver: tokio::process::Child,
+}
+
+impl Browser {
+    /// Starts one, or says why it cannot and returns `None` (a failure when `CI` is set).
+    async fn start() -> Option<Browser> {
+        let chromium = find_program("chromium");
+        let driver = find_program("chromedriver");
+        let (Some(chromium), Some(driver)) = (chromium.clone(), driver.clone()) else {
+            let why = format!(
+                "browser test skipped: chromium {} and chromedriver {} (install both with \
+                 `apt-get install -y chromium chromium-driver`)",
+                if chromium.is_some() {
+                    "found"
+                } else {
+                    "missing"
+                },
+                if driver.is_some() { "found" } else { "missing" },
+            );
+            assert!(std::env::var_os("CI").is_none(), "{why}; CI must run it");
+            eprintln!("{why}");
+            return None;
+        };
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            listener.local_addr().expect("its address").port()
+        };
+        let child = tokio::process::Command::new(&driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", driver.display()));
+        let deadline = Instant::now() + Duration::from_millis(DRIVER_START_MS);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver never listened on {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(PAGE_POLL_MS)).await;
+        }
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".to_string(),
+            json!({
+                "binary": chromium,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", format!("--window-size={WINDOW_SIZE}")],
+            }),
+        );
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("open a chromium session");
+        Some(Browser {
+            client,
+            _driver: child,
+        })
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.expect("take a screenshot");
+        let dir = screenshot_dir();
+        std::fs::create_dir_all(&dir).expect("create the screenshot folder");
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, png).expect("save the screenshot");
+        eprintln!("screenshot: {}", path.display());
+    }
+
+    async fn text(&self, css: &str) -> Option<String> {
+        let element = self.client.find(Locator::Css(css)).await.ok()?;
+        element.text().await.ok()
+    }
+
+    /// Waits until the element `css` reads `expected`.
+    async fn wait_text(&self, css: &str, expected: &str) {
+        let deadline = Instant::now() + Duration::from_millis(PAGE_WAIT_MS);
+        loop {
+            let now = self.text(css).await;
+            if now.as_deref() == Some(expected) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css} never read {expected:?}; it reads {now:?}; status line: {:?}",
+                self.text("#status").await
+            );
+            tokio::time::sleep(Duration::from_millis(PAGE_POLL_MS)).await;
+        }
+    }
+
+    async fn count(&self, css: &str) -> usize {
+        self.client
+            .find_all(Locator::Css(css))
+            .await
+            .map(|found| found.len())
+            .unwrap_or(0)
+    }
+
+    async fn fill(&self, css: &str, text: &str) {
+        let element = self.client.find(Locator::Css(css)).await.expect(css);
+        element.clear().await.expect("clear a field");
+        element.send_keys(text).await.expect("type into a field");
+    }
+
+    async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("find {css}: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    }
+
+    async fn sign_in(&self, server: &TestServer, token: &str) {
+        self.client
+            .goto(&server.url("/ui/login"))
+            .await
+            .expect("open the sign-in page");
+        self.fill("#token", token).await;
+        self.click("form button[type=submit]").await;
+        let deadline = Instant::now() + Duration::from_millis(PAGE_WAIT_MS);
+        while self.client.current_url().await.expect("url").path() != "/ui/" {
+            assert!(Instant::now() < deadline, "sign-in never reached /ui/");
+            tokio::time::sleep(Duration::from_millis(PAGE_POLL_MS)).await;
+        }
+    }
+
+    async fn close(self) {
+        self.client.close().await.expect("close the browser");
+    }
+}
+
+async fn create_token(server: &TestServer, admin: Option<&str>, name: &str, role: &str) -> String {
+    let body = json!({ "name": name, "role": role });
+    let answer = server
+        .send(Method::POST, "/api/v1/tokens", admin, Some(&body))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    answer.json()["secret"].as_str().unwrap().to_string()
+}
+
+async fn start_run(server: &TestServer, token: Option<&str>, runbook: &str, body: Value) -> String {
+    let answer = server
+        .send(
+            Method::POST,
+            &format!("/api/v1/runbooks/{runbook}/runs"),
+            token,
+            Some(&body),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    answer.json()["id"].as_str().unwrap().to_string()
+}
+
+/// A task that stalls on a failing health check (a flag file that is never created), an
+/// approval after it, and a last task.
+fn guarded_yaml(flag: &std::path::Path) -> String {
+    format!(
+        "\
+kind: Runbook
+name: guarded
+tasks:
+  - id: shift
+    stage: log
+    with: {{ message: shifting }}
+    health:
+      - shell: {{ command: [test, -e, \"{}\"] }}
+  - id: confirm
+    stage: approval
+    needs: [shift]
+  - id: done
+    stage: log
+    needs: [confirm]
+    with: {{ message: done }}
+",
+        flag.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_steer_a_run_from_the_browser_and_viewers_only_watch() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let server = start_with(Options {
+        real_clock: true,
+        ..Options::default()
+    })
+    .await;
+    let admin = create_token(&server, None, "admin", "admin").await;
+    let operator = create_token(&server, Some(&admin), "alice", "operator").await;
+    let viewer = create_token(&server, Some(&admin), "wall", "viewer").await;
+    let flag = server.dir.path().join("healthy");
+    let applied = server
+        .apply_as(Some(&admin), "guarded.yaml", &guarded_yaml(&flag))
+        .await;
+    assert_eq!(applied.status, StatusCode::OK, "{}", applied.body);
+
+    browser.client.goto(&server.url("/ui/")).await.unwrap();
+    assert_eq!(
+        browser.client.current_url().await.unwrap().path(),
+        "/ui/login"
+    );
+    browser.screenshot("login").await;
+    browser.sign_in(&server, &operator).await;
+
+    let run = start_run(&server, Some(&admin), "guarded", json!({})).await;
+    browser
+        .client
+        .goto(&server.url(&format!("/ui/runs/{run}")))
+        .await
+        .unwrap();
+    browser.wait_text("#live", "live").await;
+    let shift = "tr[data-task=shift] [data-field=status]";
+    browser.wait_text(shift, "stalled").await;
+    browser
+        .wait_text(
+            "tr[data-task=shift] [data-field=why]",
+            "stalled: a health check does not hold; an operator may override, retry or skip it",
+        )
+        .await;
+    browser.screenshot("run-stalled").await;
+
+    // Override the failed check from the task's row, with a reason.
+    browser.click("button[data-steer=shift]").await;
+    let chosen = browser
+        .client
+        .execute(
+            "return document.getElementById('task-control').value",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(chosen, json!("override_condition"));
+    browser.fill("#task-reason", "health checked by hand").await;
+    browser.click("#task-form button[type=submit]").await;
+    browser.wait_text(shift, "succeeded").await;
+
+    // Approve the approval task.
+    let confirm = "tr[data-task=confirm] [data-field=status]";
+    browser.wait_text(confirm, "running").await;
+    browser.click("button[data-steer=confirm]").await;
+    browser.fill("#task-reason", "change window open").await;
+    browser.click("#task-form button[type=submit]").await;
+    browser.wait_text("[data-run-status]", "succeeded").await;
+    browser
+        .wait_text("tr[data-task=done] [data-field=status]", "succeeded")
+        .await;
+    browser.screenshot("run-finished").await;
+
+    // The server recorded who did what and why.
+    let journal = server
+        .send(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/journal"),
+            Some(&admin),
+            None,
+        )
+        .await
+        .json();
+    let entries = journal["entries"].as_array().unwrap();
+    let by_alice = |kind: &str, reason: &str| {
+        entries
+            .iter()
+            .any(|e| e["kind"] == kind && e["actor"] == "alice" && e["reason"] == reason)
+    };
+    assert!(
+        by_alice("condition_overridden", "health checked by hand"),
+        "{journal}"
+    );
+    assert!(by_alice("approved", "change window open"), "{journal}");
+
+    // A skip without typing the task id is stopped in the page, before any request.
+    browser.fill("#task-id", "done").await;
+    browser
+        .client
+        .execute(
+            "document.getElementById('task-control').value = 'skip'",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser.fill("#task-reason", "not needed").await;
+    browser.click("#task-form button[type=submit]").await;
+    let said = browser.text("#status").await.unwrap_or_default();
+    assert!(said.contains("type \"done\""), "{said}");
+
+    browser.client.goto(&server.url("/ui/")).await.unwrap();
+    browser
+        .wait_text(
+            &format!("tr[data-run=\"{run}\"] [data-field=status]"),
+            "succeeded",
+        )
+        .await;
+    browser.screenshot("runs").await;
+    browser
+        .client
+        .goto(&server.url(&format!("/ui/runs/{run}/report")))
+        .await
+        .unwrap();
+    assert_eq!(
+        browser.count("ol.path li").await,
+        3,
+        "the critical path is the chain"
+    );
+    browser.screenshot("report").await;
+    browser.client.goto(&server.url("/ui/pause")).await.unwrap();
+    assert_eq!(browser.count("#pause-form").await, 1);
+    browser.screenshot("pause").await;
+
+    // A viewer: the same pages, no controls, and the API refuses it anyway.
+    browser.click("header form button[type=submit]").await;
+    browser.sign_in(&server, &viewer).await;
+    browser
+        .client
+        .goto(&server.url(&format!("/ui/runs/{run}")))
+        .await
+        .unwrap();
+    browser.wait_text("[data-run-status]", "succeeded").await;
+    assert_eq!(
+        browser.count("form[data-api]").await,
+        0,
+        "a viewer sees controls"
+    );
+    assert_eq!(
+        browser.count("[data-steer]").await,
+        0,
+        "a viewer sees steer buttons"
+    );
+    browser.screenshot("run-viewer").await;
+    let status = browser
+        .client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/api/v1/runs/' + arguments[0] + '/controls', {
+               method: 'POST', credentials: 'same-origin',
+               headers: {'Content-Type': 'application/json', 'X-Levee-UI': '1'},
+               body: JSON.stringify({control: 'pause', reason: 'a viewer tries'})
+             }).then(r => done(r.status), e => done(String(e)));",
+            vec![json!(run)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, json!(403));
+    browser.client.goto(&server.url("/ui/pause")).await.unwrap();
+    assert_eq!(browser.count("#pause-form").await, 0);
+    browser.close().await;
+}
+
+/// `wait` tasks in waves: task `i` needs task `i - LARGE_RUN_WAVE_TASKS`, so each wave's
+/// tasks start together and end together, a burst of transitions every [`LARGE_RUN_WAIT`].
+fn large_yaml() -> String {
+    let mut yaml = String::from("kind: Runbook\nname: large\ntasks:\n");
+    for i in 0..LARGE_RUN_TASKS {
+        yaml.push_str(&format!(
+            "  - id: t{i:04}\n    stage: wait\n    with: {{ duration: {LARGE_RUN_WAIT} }}\n"
+        ));
+        if i >= LARGE_RUN_WAVE_TASKS {
+            yaml.push_str(&format!("    needs: [t{:04}]\n", i - LARGE_RUN_WAVE_TASKS));
+        }
+    }
+    yaml
+}
+
+/// The journal entries the page turns into a task's new state (`TASK_STATUS` in levee.js).
+const TASK_TRANSITION_KINDS: &[&str] = &[
+    "task_dispatched",
+    "task_started",
+    "task_requeued",
+    "task_succeeded",
+    "task_retrying",
+    "task_failed",
+    "task_stalled",
+    "task_skipped",
+    "task_cancelled",
+    "task_retried",
+    "condition_overridden",
+];
+
+/// The run's task transitions from its journal: how many, and the first and last one's time
+/// (epoch milliseconds).
+async fn journal_transitions(server: &TestServer, run: &str) -> (usize, i64, i64) {
+    let (mut count, mut first, mut last, mut after) = (0, i64::MAX, i64::MIN, 0);
+    loop {
+        let page = server
+            .get(&format!(
+                "/api/v1/runs/{run}/journal?after={after}&limit={JOURNAL_PAGE_ROWS}"
+            ))
+            .await
+            .json();
+        let entries = page["entries"].as_array().unwrap().clone();
+        for entry in &entries {
+            after = entry["seq"].as_i64().unwrap();
+            if TASK_TRANSITION_KINDS.contains(&entry["kind"].as_str().unwrap_or_default()) {
+                let at = entry["at_ms"].as_i64().unwrap();
+                count += 1;
+                first = first.min(at);
+                last = last.max(at);
+            }
+        }
+        if entries.len() < JOURNAL_PAGE_ROWS as usize {
+            return (count, first, last);
+        }
+    }
+}
+
+async fn page_number(browser: &Browser, script: &str) -> f64 {
+    browser
+        .client
+        .execute(script, vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{script}: {e}"))
+        .as_f64()
+        .unwrap_or_else(|| panic!("{script} is not a number"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_a_thousand_tasks_renders_and_keeps_up_with_live_transitions() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let server = start_with(Options {
+        real_clock: true,
+        ..Options::default()
+    })
+    .await;
+    server.apply("large.yaml", &large_yaml()).await;
+    // Created, not started: the page is timed before anything moves.
+    let run = start_run(
+        &server,
+        None,
+        "large",
+        json!({ "max_parallel": LARGE_RUN_TASKS, "start": false }),
+    )
+    .await;
+
+    browser
+        .client
+        .goto(&server.url(&format!("/ui/runs/{run}")))
+        .await
+        .unwrap();
+    browser.wait_text("#live", "live").await;
+    let navigation = "performance.getEntriesByType('navigation')[0]";
+    let dom_ms = page_number(
+        &browser,
+        &format!("return {navigation}.domContentLoadedEventEnd"),
+    )
+    .await;
+    let load_ms = page_number(&browser, &format!("return {navigation}.loadEventEnd")).await;
+    let bytes = page_number(&browser, &format!("return {navigation}.transferSize")).await;
+    let paint_ms = page_number(
+        &browser,
+        "const p = performance.getEntriesByName('first-contentful-paint')[0]; \
+         return p ? p.startTime : -1",
+    )
+    .await;
+    println!(
+        "UI figure: run page of {LARGE_RUN_TASKS} tasks: DOMContentLoaded {dom_ms:.0} ms, first \
+         contentful paint {paint_ms:.0} ms, load {load_ms:.0} ms, {:.0} KiB",
+        bytes / 1024.0
+    );
+    assert!(
+        dom_ms < RENDER_BOUND_MS,
+        "the page took {dom_ms} ms to load"
+    );
+    assert_eq!(browser.count("tr[data-task]").await, LARGE_RUN_TASKS);
+    assert_eq!(browser.count("g[data-node]").await, LARGE_RUN_TASKS);
+    browser.screenshot("run-1000-tasks").await;
+
+    // Start it through the API; the engine then moves every task (running, then succeeded),
+    // wave after wave, in bursts.
+    let started = server
+        .send(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/controls"),
+            None,
+            Some(&json!({ "control": "start", "reason": "load test" })),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+    let deadline = Instant::now() + Duration::from_millis(LIVE_LAG_BOUND_MS * 2);
+    loop {
+        let view = server.get(&format!("/api/v1/runs/{run}")).await.json();
+        if view["status"] == "succeeded" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the large run never finished: {}",
+            view["counts"]
+        );
+        tokio::time::sleep(Duration::from_millis(PAGE_POLL_MS)).await;
+    }
+    let (transitions, first_ms, last_ms) = journal_transitions(&server, &run).await;
+    let run_s = ((last_ms - first_ms) as f64 / 1_000.0).max(f64::EPSILON);
+    let driven_rate = transitions as f64 / run_s;
+
+    browser
+        .wait_text("[data-count=succeeded]", &LARGE_RUN_TASKS.to_string())
+        .await;
+    browser.wait_text("[data-run-status]", "succeeded").await;
+    let applied = page_number(&browser, "return window.leveeLive.applied").await;
+    let first_applied = page_number(&browser, "return window.leveeLive.firstAppliedAt").await;
+    let last_applied = page_number(&browser, "return window.leveeLive.lastAppliedAt").await;
+    let last_applied_epoch_ms = page_number(
+        &browser,
+        "return performance.timeOrigin + window.leveeLive.lastAppliedAt",
+    )
+    .await;
+    let frames = page_number(&browser, "return window.leveeLive.frames").await;
+    let page_s = ((last_applied - first_applied) / 1_000.0).max(f64::EPSILON);
+    let lag_ms = last_applied_epoch_ms - last_ms as f64;
+    println!(
+        "UI figure: the run made {transitions} task transitions in {run_s:.2} s \
+         ({driven_rate:.0}/s, in bursts of {LARGE_RUN_WAVE_TASKS}); the page applied \
+         {applied:.0} of them from the event stream in {page_s:.2} s ({:.0}/s) in {frames:.0} \
+         animation frames, the last {lag_ms:.0} ms after the run's last",
+        applied / page_s
+    );
+    assert!(
+        driven_rate >= MIN_DRIVEN_TRANSITIONS_PER_S,
+        "the run made only {driven_rate:.0} transitions/s; the measurement needs \
+         {MIN_DRIVEN_TRANSITIONS_PER_S}"
+    );
+    assert!(applied > 0.0, "the page applied nothing live");
+    assert!(
+        lag_ms < LIVE_LAG_BOUND_MS as f64,
+        "the page fell {lag_ms} ms behind"
+    );
+    browser.screenshot("run-1000-tasks-finished").await;
+    browser.close().await;
+}
