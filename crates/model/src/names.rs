@@ -129,7 +129,9 @@ where
         })
         // Replacing most of a short word is not a typo: `to` is not a misspelt `on`.
         .filter(|(distance, c)| *distance <= max_distance && *distance < c.chars().count())
-        .min_by_key(|(distance, _)| *distance)
+        // Ties go to the first name in sorted order, so the suggestion never depends on the
+        // order candidates come in (a hash map's, say).
+        .min_by_key(|(distance, c)| (*distance, *c))
         .map(|(_, c)| c)
 }
 
