@@ -282,6 +282,29 @@ impl RampArgs {
     }
 }
 
+/// Waits after a step for the pace's `wait` (`written` unless an operator changed it),
+/// re-reading the pace whenever it changes, so a shorter or longer wait applies at once.
+/// `Some` when the stage must stop instead (cancelled, or past its deadline).
+pub(crate) async fn wait_between_steps(
+    ctx: &mut StageContext,
+    written: Duration,
+) -> Option<StageOutcome> {
+    let step_ended = Instant::now();
+    loop {
+        let pace = parse_pace(&ctx.pace.current()).unwrap_or_default();
+        let until = step_ended + pace.wait.unwrap_or(written);
+        if until <= Instant::now() {
+            return None;
+        }
+        tokio::select! {
+            () = sleep_until(until) => return None,
+            () = ctx.pace.changed() => {}
+            () = ctx.cancel.cancelled() => return Some(StageOutcome::Cancelled),
+            () = sleep_until(ctx.deadline) => return Some(StageOutcome::TimedOut),
+        }
+    }
+}
+
 /// Moves `value` toward `to` by `size`, landing exactly on `to` at the end.
 pub(crate) fn advance(value: f64, to: f64, size: f64) -> f64 {
     let remaining = to - value;
@@ -480,20 +503,8 @@ impl Stage for RampStage {
             if (value - ramp.to).abs() <= VALUE_EPSILON {
                 break;
             }
-            // Wait before the next step, re-reading the pace whenever an operator changes it.
-            let step_ended = Instant::now();
-            loop {
-                let pace = parse_pace(&ctx.pace.current()).unwrap_or_default();
-                let until = step_ended + pace.wait.unwrap_or(ramp.wait);
-                if until <= Instant::now() {
-                    break;
-                }
-                tokio::select! {
-                    () = sleep_until(until) => break,
-                    () = ctx.pace.changed() => {}
-                    () = ctx.cancel.cancelled() => return StageOutcome::Cancelled,
-                    () = sleep_until(ctx.deadline) => return StageOutcome::TimedOut,
-                }
+            if let Some(stopped) = wait_between_steps(&mut ctx, ramp.wait).await {
+                return stopped;
             }
         }
         StageOutcome::Succeeded {

@@ -18,7 +18,7 @@ use crate::Stage;
 use crate::args::{ArgError, ArgKind, ArgSpec, Args};
 use crate::context::{StageContext, StageOutcome, StageOutput, Step};
 use crate::haproxy::{Haproxy, HaproxySocket, MAX_HAPROXY_WEIGHT};
-use crate::ramp::{Amount, advance, parse_pace};
+use crate::ramp::{Amount, advance, parse_pace, wait_between_steps};
 use crate::wait::MAX_WAIT_MS;
 
 /// Most servers one task shifts together.
@@ -458,19 +458,8 @@ async fn run_shift(
         if current == shift.to {
             break;
         }
-        let step_ended = Instant::now();
-        loop {
-            let pace = parse_pace(&ctx.pace.current()).unwrap_or_default();
-            let until = step_ended + pace.wait.unwrap_or(shift.wait);
-            if until <= Instant::now() {
-                break;
-            }
-            tokio::select! {
-                () = sleep_until(until) => break,
-                () = ctx.pace.changed() => {}
-                () = ctx.cancel.cancelled() => return StageOutcome::Cancelled,
-                () = sleep_until(ctx.deadline) => return StageOutcome::TimedOut,
-            }
+        if let Some(stopped) = wait_between_steps(&mut ctx, shift.wait).await {
+            return stopped;
         }
     }
     if shift.then_maint {
