@@ -90,6 +90,9 @@ pub enum Command {
     /// Shows stored fleets: hosts, pools, floors and headroom.
     #[command(subcommand)]
     Fleet(crate::maint::FleetCommand),
+    /// Plans, schedules, follows and steers maintenance of racks, switches and power domains.
+    #[command(subcommand)]
+    Maint(crate::maint::MaintCommand),
     /// Prints the JSON Schema of `kind: StateMachine` documents, for editors.
     Schema,
 }
@@ -463,6 +466,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         },
         Command::Audit(args) => audit(&args).await,
         Command::Fleet(command) => crate::maint::fleet(command).await,
+        Command::Maint(command) => crate::maint::maint(command).await,
         Command::Schema => schema(),
     };
     match outcome {

@@ -12,6 +12,7 @@ pub mod export;
 pub mod fleet;
 pub mod http;
 pub mod machines;
+pub mod maint;
 pub mod metrics;
 pub mod openapi;
 pub mod replica;

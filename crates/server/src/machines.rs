@@ -54,6 +54,9 @@ pub struct AppOptions {
     /// Where other replicas reach this one (`http://host:port`), to forward controls of runs
     /// it executes. Empty: nobody can forward to it (a lone replica).
     pub address: String,
+    /// Scopes past these need a second person's approval; `None` is
+    /// [`crate::maint::default_approval_limit`].
+    pub maintenance_approval: Option<levee_fleet::BlastRadiusLimit>,
 }
 
 impl std::fmt::Debug for AppOptions {
@@ -88,6 +91,10 @@ pub struct App {
     pub runs: crate::runs::Runs,
     /// This process as a replica: its id and the run leases it holds.
     pub replica: crate::replica::Replica,
+    /// Maintenance scopes past these need a second person's approval.
+    pub maint_approval: levee_fleet::BlastRadiusLimit,
+    /// Wakes the maintenance driver at once (after a control).
+    pub maint_wake: tokio::sync::Notify,
 }
 
 impl App {
@@ -138,6 +145,10 @@ impl App {
                     .shutdown_steps_grace_ms
                     .unwrap_or(crate::serve::SHUTDOWN_STEPS_GRACE_MS),
             ),
+            maint_approval: options
+                .maintenance_approval
+                .unwrap_or_else(crate::maint::default_approval_limit),
+            maint_wake: tokio::sync::Notify::new(),
         };
         app.reload().await?;
         let app = Arc::new(app);

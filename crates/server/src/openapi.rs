@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use crate::http::{api, compat, native};
+use crate::http::{api, compat, maint, native};
 use crate::runbooks;
 
 #[derive(OpenApi)]
@@ -20,6 +20,8 @@ use crate::runbooks;
         api::list_machines, api::create_machines, api::get_machine, api::post_event,
         api::get_history, api::post_replay, api::list_audit, api::list_tokens, api::create_token,
         api::revoke_token, api::list_runbooks, api::plan_runbook, api::show_fleets,
+        maint::plan_maintenance, maint::schedule_maintenance, maint::list_maintenances,
+        maint::get_maintenance, maint::control_maintenance, maint::calendar, maint::get_host,
     ),
     components(schemas(
         api::MachineView, api::ReplayView, api::HistoryView, api::DefinitionView, api::WhoAmI,
@@ -30,7 +32,10 @@ use crate::runbooks;
         runbooks::RunbookSummary, runbooks::ParamView, runbooks::PlanRequest, runbooks::PlanView,
         runbooks::PlannedTask, runbooks::ChecksView, runbooks::RetriesView, runbooks::Prediction,
         runbooks::CriticalPathView, crate::fleet::FleetView, crate::fleet::DatacenterView,
-        crate::fleet::PoolView,
+        crate::fleet::PoolView, crate::maint::MaintenanceRequest, crate::maint::MaintenancePlan,
+        crate::maint::MaintenanceView, crate::maint::MaintenanceControl,
+        crate::maint::CalendarView, crate::maint::CalendarDomain, crate::maint::CalendarEntry,
+        crate::maint::HostServingView,
     )),
     tags(
         (name = "stateservice", description = "Facebook StateService's endpoint, reproduced exactly"),

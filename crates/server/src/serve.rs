@@ -48,6 +48,12 @@ pub async fn serve(
             let _ = stop.wait_for(|stopped| *stopped).await;
         }
     }));
+    let maintenance = tokio::spawn(crate::maint::driver::run(app.clone(), {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        }
+    }));
     let replica = tokio::spawn(crate::replica::run(app.clone(), {
         let mut stop = stop_rx.clone();
         async move {
@@ -110,5 +116,6 @@ pub async fn serve(
     let _ = timers.await;
     let _ = tokens.await;
     let _ = replica.await;
+    let _ = maintenance.await;
     Ok(())
 }

@@ -485,9 +485,26 @@ impl Notifier {
         if !inner.config.wants(n.kind) {
             return;
         }
-        let body = Bytes::from(n.to_json());
+        self.enqueue(kind_name(n.kind), Bytes::from(n.to_json()));
+    }
+
+    /// Queues a notification that is not about a run (a maintenance needing a person, say):
+    /// `body` is POSTed as JSON with `event` in `X-Levee-Event`, to every URL, whatever the
+    /// kinds filter says (it names run kinds only). A `text` summary is the caller's to add.
+    pub fn notify_event(&self, event: &'static str, body: &serde_json::Value) {
+        if self.inner.is_none() {
+            return;
+        }
+        let body = serde_json::to_vec(body).expect("a JSON value always serialises");
+        self.enqueue(event, Bytes::from(body));
+    }
+
+    fn enqueue(&self, event: &'static str, body: Bytes) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
         let delivery = Delivery {
-            event: kind_name(n.kind),
+            event,
             signature: inner
                 .config
                 .secret

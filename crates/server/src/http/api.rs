@@ -49,6 +49,7 @@ pub fn router() -> Router<SharedApp> {
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{name}", delete(revoke_token))
         .merge(super::runs::router())
+        .merge(super::maint::router())
 }
 
 /// Every stored fleet: hosts, services, and each pool's size, floor and headroom, per

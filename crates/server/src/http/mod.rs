@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod compat;
+pub mod maint;
 pub mod native;
 pub mod runs;
 
