@@ -391,7 +391,11 @@ async fn maint_plan(args: &MaintRequestArgs) -> Outcome {
                 "schedule" => "would be scheduled: every pool keeps its floor",
                 "needs_approval" => "would wait for a second person's approval",
                 "needs_human" => "would wait for people to handle the failing services",
-                _ => "would be refused",
+                _ if plan["conflicts"].as_array().is_some_and(|c| !c.is_empty()) =>
+                    "would be refused: its hosts are already in maintenance then",
+                _ =>
+                    "would be refused: pools would drop below their floor (people can handle \
+                      them: --needs-human-on-failure)",
             }
         ));
     }

@@ -1528,3 +1528,67 @@ tasks:
         "{run:?}"
     );
 }
+
+#[test]
+fn maint_plans_schedules_and_shows_with_exit_codes_a_script_can_use() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let server = Server::start(dir.path());
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fleet");
+    let files: Vec<String> = ["row.yaml", "runbooks.yaml", "policies.yaml"]
+        .iter()
+        .map(|f| examples.join(f).display().to_string())
+        .collect();
+    let mut apply = vec!["apply"];
+    apply.extend(files.iter().map(String::as_str));
+    let run = server.levee(&apply);
+    assert_eq!(run.code, 0, "{run:?}");
+
+    // Scenario B's scope: the plan names the short pools and exits 1; nothing is stored.
+    let scope_b = "rack in (a-r4, a-r5, a-r6)";
+    let window = ["--type", "power", "--start", "+2h", "--duration", "2h"];
+    let mut plan = vec!["maint", "plan", "--scope", scope_b];
+    plan.extend(window);
+    let run = server.levee(&plan);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("cache/main"), "{run:?}");
+    assert!(run.stdout.contains("SHORT BY 3"), "{run:?}");
+    assert!(run.stdout.contains("would be refused"), "{run:?}");
+    let mut schedule = vec!["maint", "schedule", "--scope", scope_b];
+    schedule.extend(window);
+    let run = server.levee(&schedule);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("preflight_failed"), "{run:?}");
+    assert!(run.stderr.contains("short by 1"), "{run:?}");
+
+    // Scenario A's scope is scheduled, listed, shown and on the calendar.
+    let run = server.levee(&[
+        "maint",
+        "schedule",
+        "--scope",
+        "rack=a-r1",
+        "--type",
+        "network",
+        "--start",
+        "+1h",
+        "--duration",
+        "1h",
+        "--id",
+        "m-a",
+        "--owner",
+        "dc-ops",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("state: scheduled"), "{run:?}");
+    let run = server.levee(&["maint", "list", "--output", "json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()[0]["id"], "m-a");
+    let run = server.levee(&["maint", "calendar", "--by", "power", "--output", "json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["domains"][0]["domain"], "a-pdu1", "{run:?}");
+    let run = server.levee(&["maint", "cancel", "m-a", "--reason", "moved to next week"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("state: cancelled"), "{run:?}");
+    let run = server.levee(&["maint", "show", "m-zz"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("no maintenance `m-zz`"), "{run:?}");
+}

@@ -19,14 +19,23 @@ const MINUTE_MS: i64 = 60_000;
 
 async fn start_with_row() -> common::TestServer {
     let server = common::start().await;
-    let files: Vec<Value> = [
-        ("row.yaml", ROW_YAML),
-        ("policies.yaml", POLICIES_YAML),
-        ("runbooks.yaml", RUNBOOKS_YAML),
-    ]
-    .iter()
-    .map(|(name, content)| json!({ "name": name, "content": content }))
-    .collect();
+    apply(
+        &server,
+        &[
+            ("row.yaml", ROW_YAML),
+            ("policies.yaml", POLICIES_YAML),
+            ("runbooks.yaml", RUNBOOKS_YAML),
+        ],
+    )
+    .await;
+    server
+}
+
+async fn apply(server: &common::TestServer, files: &[(&str, &str)]) {
+    let files: Vec<Value> = files
+        .iter()
+        .map(|(name, content)| json!({ "name": name, "content": content }))
+        .collect();
     let answer = server
         .send(
             Method::POST,
@@ -36,7 +45,6 @@ async fn start_with_row() -> common::TestServer {
         )
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
-    server
 }
 
 async fn create_token(
@@ -500,4 +508,159 @@ async fn concurrent_schedules_never_take_more_than_the_headroom() {
         .map(|d| d["entries"].as_array().unwrap().len())
         .sum();
     assert_eq!(entries, 2, "{calendar}");
+}
+
+/// Policies under which the cache's own runbook fails, and mysql rides a power cut out.
+const FAILING_POLICIES_YAML: &str = "\
+kind: MaintenancePolicy
+name: web
+service: web
+rules:
+  - type: any
+    action: drain_and_wait
+---
+kind: MaintenancePolicy
+name: cache
+service: cache
+max_failed_hosts: 0
+rules:
+  - type: power
+    action:
+      runbook: cache-drain-broken
+---
+kind: MaintenancePolicy
+name: mysql
+service: mysql
+rules:
+  - type: any
+    action: nothing
+---
+kind: Runbook
+name: cache-drain-broken
+params:
+  hosts: { required: true }
+  maintenance: { required: true }
+tasks:
+  - id: drain
+    stage: shell
+    with: { command: [sh, -c, \"echo cannot reach the load balancer; exit 3\"] }
+";
+
+/// Collects the JSON bodies POSTed to it.
+async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = received.clone();
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let store = store.clone();
+            async move {
+                store.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://{addr}/hook"), received)
+}
+
+async fn wait_for_webhook(received: &std::sync::Mutex<Vec<Value>>, kind: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(common::WAIT_TIMEOUT_MS);
+    loop {
+        if let Some(body) = received
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|b| b["kind"] == kind)
+            .cloned()
+        {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {kind} webhook; got {:?}",
+            received.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(common::WAIT_POLL_INTERVAL_MS)).await;
+    }
+}
+
+#[tokio::test]
+async fn failed_automation_calls_the_owner_and_the_deadline_falls_back_to_cancel() {
+    let (url, received) = webhook_receiver().await;
+    let server = common::start_with(common::Options {
+        webhooks: levee_server::webhooks::WebhookConfig {
+            urls: vec![url],
+            ..Default::default()
+        },
+        ..common::Options::default()
+    })
+    .await;
+    apply(
+        &server,
+        &[
+            ("row.yaml", ROW_YAML),
+            ("policies.yaml", FAILING_POLICIES_YAML),
+        ],
+    )
+    .await;
+    let request = json!({
+        "scope": "rack=a-r1", "type": "power", "start": "+15m", "duration": "20m",
+        "id": "m-f", "human_deadline": "+30m", "on_deadline": "cancel",
+    });
+    let answer = server
+        .send(Method::POST, "/api/v1/maintenances", None, Some(&request))
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+
+    // The flow starts; the cache's runbook fails; the cache needs a person.
+    server.clock.advance_ms(6 * MINUTE_MS);
+    let view = wait_for_state(&server, None, "m-f", "needs_human").await;
+    let cache = service(&view, "cache");
+    assert_eq!(cache["status"], "needs_human", "{view}");
+    assert_eq!(cache["run_name"], "maint-m-f-cache-disable");
+    assert!(
+        cache["note"].as_str().unwrap().contains("failed"),
+        "{cache}"
+    );
+    assert_eq!(service(&view, "web")["status"], "disabled", "{view}");
+    assert_eq!(service(&view, "mysql")["status"], "disabled", "{view}");
+    let runs = server.get("/api/v1/runs").await.json();
+    assert!(
+        runs.to_string().contains("maint-m-f-cache-disable"),
+        "the policy's runbook ran: {runs}"
+    );
+    let notice = wait_for_webhook(&received, "maintenance_needs_human").await;
+    assert_eq!(notice["maintenance"], "m-f");
+    assert!(
+        notice["service_owners"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("cache-team")),
+        "{notice}"
+    );
+    assert!(
+        notice["text"].as_str().unwrap().contains("cache"),
+        "{notice}"
+    );
+
+    // Nobody confirms by the deadline: the declared fallback gives the hosts back and
+    // cancels.
+    server.clock.advance_ms(30 * MINUTE_MS);
+    let view = wait_for_state(&server, None, "m-f", "cancelled").await;
+    assert_eq!(view["hosts_out"], json!([]), "{view}");
+    assert!(view["why"].as_str().unwrap().contains("deadline"), "{view}");
+    assert_eq!(serving(&server, None, "web-r1-1").await, StatusCode::OK);
+    wait_for_webhook(&received, "maintenance_cancelled").await;
+    // Its capacity is free again: the same rack can be scheduled.
+    let mut again = request.clone();
+    again["id"] = json!("m-g");
+    again["start"] = json!("+5m");
+    again["human_deadline"] = json!("+20m");
+    let answer = server
+        .send(Method::POST, "/api/v1/maintenances", None, Some(&again))
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
 }

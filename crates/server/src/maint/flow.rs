@@ -377,7 +377,7 @@ fn decide(current: &Current<'_>, facts: &Facts<'_>) -> Result<Option<Transition>
             )))
         }
         BLOCKED | NEEDS_HUMAN if now >= details.human_deadline_ms => {
-            Ok(Some(fallback(current, details, now)))
+            Ok(Some(fallback(current, facts, details, now)))
         }
         BLOCKED => {
             if details.approved.is_some() {
@@ -719,7 +719,12 @@ fn needs_human(
     )
 }
 
-fn fallback(current: &Current<'_>, mut details: Details, now: i64) -> Transition {
+fn fallback(
+    current: &Current<'_>,
+    facts: &Facts<'_>,
+    mut details: Details,
+    now: i64,
+) -> Transition {
     let waited_for = if current.state == BLOCKED {
         "an approval"
     } else {
@@ -756,20 +761,17 @@ fn fallback(current: &Current<'_>, mut details: Details, now: i64) -> Transition
             if details.changed_anything() {
                 details.resume_to = None;
                 // Give back what automation took: enabling, then cancelled.
-                let mut services = std::mem::take(&mut details.services);
-                for service in &mut services {
+                for service in &mut details.services {
                     if service.status == ServiceStatus::NeedsHuman {
-                        service.status = ServiceStatus::Pending;
+                        service.status = ServiceStatus::Disabled;
                     }
                 }
-                details.services = services;
-                Transition {
-                    state: ENABLING.to_string(),
-                    why: "the deadline passed: giving the hosts back, then cancelling".to_string(),
-                    unblock: String::new(),
+                start_enable_phase(
+                    current,
+                    facts,
                     details,
-                    effects: vec![],
-                }
+                    "the deadline passed: giving the hosts back, then cancelling",
+                )
             } else {
                 let why = details
                     .cancel_requested

@@ -496,18 +496,17 @@ impl App {
         .map_err(ApiError::internal)?;
         let radius = blast_radius(&context.index, &scope);
         let approval_required = radius.exceeded(&self.maint_approval);
-        let outcome = if !conflicts.is_empty() {
-            "refuse"
-        } else if !approval_required.is_empty() {
-            "needs_approval"
-        } else if !report.passed {
-            match request.on_preflight_failure.unwrap_or_default() {
-                OnPreflightFailure::Refuse => "refuse",
-                OnPreflightFailure::NeedsHuman => "needs_human",
-            }
-        } else {
-            "schedule"
-        };
+        let mode = request.on_preflight_failure.unwrap_or_default();
+        let outcome =
+            if !conflicts.is_empty() || (!report.passed && mode == OnPreflightFailure::Refuse) {
+                "refuse"
+            } else if !approval_required.is_empty() {
+                "needs_approval"
+            } else if !report.passed {
+                "needs_human"
+            } else {
+                "schedule"
+            };
         let plan = MaintenancePlan {
             fleet: context.name.clone(),
             scope: request.scope.trim().to_string(),
@@ -1017,7 +1016,8 @@ fn preflight_refusal(report: &PreflightReport) -> ApiError {
         "preflight_failed",
         format!(
             "{} Nothing was scheduled; shrink the scope, move the window, or schedule with \
-             `on_preflight_failure: needs_human` to have people handle the failing services.",
+             `on_preflight_failure: needs_human` (`levee maint schedule \
+             --needs-human-on-failure`) to have people handle the failing services.",
             report.explain()
         ),
     )
@@ -1055,8 +1055,14 @@ fn apply_control(
                 )));
             }
             if caller.name == record.created_by {
+                let hint = if caller.name == crate::auth::ANONYMOUS {
+                    " (without tokens everyone is `anonymous`: create a token per person with \
+                     `levee token create` so someone else can approve)"
+                } else {
+                    ""
+                };
                 return Err(ApiError::forbidden(format!(
-                    "{} scheduled this maintenance; a second person must approve it",
+                    "{} scheduled this maintenance; a second person must approve it{hint}",
                     caller.name
                 )));
             }

@@ -88,6 +88,8 @@ pub struct Options {
     pub real_clock: bool,
     /// Where metric checks get their numbers.
     pub metric_source: Option<Arc<dyn levee_stages::MetricSource>>,
+    /// Where notifications go (none by default).
+    pub webhooks: levee_server::webhooks::WebhookConfig,
 }
 
 /// A Levee server running in this process on `127.0.0.1:0`, with its own SQLite file.
@@ -153,6 +155,7 @@ pub async fn start_with(options: Options) -> TestServer {
     let app_options = AppOptions {
         shutdown_steps_grace_ms: Some(0),
         metric_source: options.metric_source.clone(),
+        webhooks: options.webhooks.clone(),
         ..AppOptions::default()
     };
     let app = App::open(Arc::new(store), app_clock, app_options)
