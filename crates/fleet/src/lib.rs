@@ -18,6 +18,8 @@
 //!   `MaintenancePolicy` ([`PolicySet`]); a service without one gets `human`.
 //! - [`blast_radius`] and [`split_by_domain`] size a scope and cut it into one failure domain
 //!   per step.
+//! - [`parse_webhook`] reads Alertmanager's webhook payloads (version 4, with or without the
+//!   fields older Alertmanagers left out) and names the field of anything else.
 //!
 //! # Selectors
 //!
@@ -48,6 +50,7 @@
 //! order: in the scope, already down (given, or `down: true` in the fleet), held by an
 //! overlapping reservation.
 
+pub mod alerts;
 pub mod import;
 pub mod index;
 pub mod policy;
@@ -55,6 +58,7 @@ pub mod preflight;
 pub mod steps;
 pub mod synthetic;
 
+pub use alerts::{Alert, AlertStatus, PayloadError, WebhookPayload, parse_webhook};
 pub use import::{import_csv, import_csv_into, import_json};
 pub use index::{
     FleetIndex, HostId, IndexError, Membership, Pool, PoolId, ScopeError, Service, ServiceId,
