@@ -19,7 +19,10 @@
 //! - [`blast_radius`] and [`split_by_domain`] size a scope and cut it into one failure domain
 //!   per step.
 //! - [`parse_webhook`] reads Alertmanager's webhook payloads (version 4, with or without the
-//!   fields older Alertmanagers left out) and names the field of anything else.
+//!   fields older Alertmanagers left out) and names the field of anything else; [`decide`]
+//!   (and [`decide_payload`] for a whole notification) turns an alert into a repair of one
+//!   host under a `kind: RemediationRule`, or a refusal that says why (no rule, unknown host,
+//!   already in repair, cooldown, limits, short circuit, capacity).
 //!
 //! # Selectors
 //!
@@ -55,6 +58,7 @@ pub mod import;
 pub mod index;
 pub mod policy;
 pub mod preflight;
+pub mod remediation;
 pub mod steps;
 pub mod synthetic;
 
@@ -66,5 +70,9 @@ pub use index::{
 pub use policy::{PolicySet, Reason, ServiceAction, plan_actions};
 pub use preflight::{
     Held, PoolCheck, PreflightReport, Reservation, Window, admit, overlaps, preflight,
+};
+pub use remediation::{
+    Decision, InRepair, PastRepair, Refusal, RefusalReason, Remediation, RemediationState,
+    Unhealthy, decide, decide_payload,
 };
 pub use steps::{BlastRadius, BlastRadiusLimit, Step, blast_radius, split_by_domain};
