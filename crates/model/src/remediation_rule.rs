@@ -92,9 +92,15 @@ impl Pattern {
                 source.len()
             ));
         }
-        regex::RegexBuilder::new(&format!("^(?:{source})$"))
-            .size_limit(MAX_COMPILED_REGEX_BYTES)
-            .build()
+        let build = |pattern: &str| {
+            regex::RegexBuilder::new(pattern)
+                .size_limit(MAX_COMPILED_REGEX_BYTES)
+                .build()
+        };
+        // The pattern as written first, so a syntax error points into the user's text and
+        // not into the anchors.
+        build(source)
+            .and_then(|_| build(&format!("^(?:{source})$")))
             .map(|compiled| Pattern {
                 source: source.to_string(),
                 compiled,
@@ -104,7 +110,16 @@ impl Pattern {
                     regex::Error::CompiledTooBig(_) => format!(
                         "it compiles to more than {MAX_COMPILED_REGEX_BYTES} bytes; simplify it"
                     ),
-                    other => other.to_string(),
+                    // The `regex` crate's message draws the pattern and a caret over
+                    // several lines; its last line says what is wrong.
+                    other => other
+                        .to_string()
+                        .lines()
+                        .rev()
+                        .map(str::trim)
+                        .find(|line| !line.is_empty())
+                        .map(|line| line.trim_start_matches("error: ").to_string())
+                        .unwrap_or_default(),
                 };
                 format!(
                     "`{}` is not a valid regular expression (RE2 syntax, as in Alertmanager): \

@@ -215,7 +215,10 @@ runbook: fix
         &diagnostics,
         "invalid-regex",
         "4:23",
-        &["`Host(Down` is not a valid regular expression", "RE2"],
+        &[
+            "`Host(Down` is not a valid regular expression (RE2 syntax, as in Alertmanager): \
+             unclosed group",
+        ],
     );
 }
 
