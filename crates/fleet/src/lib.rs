@@ -18,6 +18,11 @@
 //!   `MaintenancePolicy` ([`PolicySet`]); a service without one gets `human`.
 //! - [`blast_radius`] and [`split_by_domain`] size a scope and cut it into one failure domain
 //!   per step.
+//! - [`parse_webhook`] reads Alertmanager's webhook payloads (version 4, with or without the
+//!   fields older Alertmanagers left out) and names the field of anything else; [`decide`]
+//!   (and [`decide_payload`] for a whole notification) turns an alert into a repair of one
+//!   host under a `kind: RemediationRule`, or a refusal that says why (no rule, unknown host,
+//!   already in repair, cooldown, limits, short circuit, capacity).
 //!
 //! # Selectors
 //!
@@ -48,13 +53,16 @@
 //! order: in the scope, already down (given, or `down: true` in the fleet), held by an
 //! overlapping reservation.
 
+pub mod alerts;
 pub mod import;
 pub mod index;
 pub mod policy;
 pub mod preflight;
+pub mod remediation;
 pub mod steps;
 pub mod synthetic;
 
+pub use alerts::{Alert, AlertStatus, PayloadError, WebhookPayload, parse_webhook};
 pub use import::{import_csv, import_csv_into, import_json};
 pub use index::{
     FleetIndex, HostId, IndexError, Membership, Pool, PoolId, ScopeError, Service, ServiceId,
@@ -62,5 +70,9 @@ pub use index::{
 pub use policy::{PolicySet, Reason, ServiceAction, plan_actions};
 pub use preflight::{
     Held, PoolCheck, PreflightReport, Reservation, Window, admit, overlaps, preflight,
+};
+pub use remediation::{
+    Decision, InRepair, PastRepair, Refusal, RefusalReason, Remediation, RemediationState,
+    Unhealthy, decide, decide_payload,
 };
 pub use steps::{BlastRadius, BlastRadiusLimit, Step, blast_radius, split_by_domain};

@@ -7,7 +7,7 @@
 //!
 //! - [`load_documents`] (and [`load_documents_with_warnings`]) reads a file of `---`-separated
 //!   native definitions (`kind: StateMachine`, `kind: Runbook`, `kind: TaskTemplate`,
-//!   `kind: Fleet`, `kind: MaintenancePolicy`) and
+//!   `kind: Fleet`, `kind: MaintenancePolicy`, `kind: RemediationRule`) and
 //!   reports every problem it finds, each with a stable code such as `unknown-key` or
 //!   `unknown-state`.
 //! - [`link`] checks runbooks and templates against each other (across files) and against the
@@ -20,7 +20,8 @@
 //! - [`fleet`] holds the compiled fleet (hosts, failure domains, services, pools, floors) and
 //!   the checks that need the whole fleet; [`selector`] is the selector grammar and the
 //!   inverted [`HostIndex`] that resolves selectors; [`maintenance_policy`] is a service's
-//!   decision matrix. Capacity arithmetic and preflight live in the `levee-fleet` crate.
+//!   decision matrix; [`remediation_rule`] is an alert-driven repair rule (label matchers,
+//!   the host's label, the runbook, its limits). Capacity arithmetic and preflight live in the `levee-fleet` crate.
 //! - [`parse_duration_ms`] and [`names`] are the shapes of durations and names, for other
 //!   crates that accept them (URLs, CLI arguments).
 //!
@@ -37,6 +38,7 @@ pub mod machine;
 pub mod maintenance_policy;
 pub mod names;
 pub mod params;
+pub mod remediation_rule;
 pub mod runbook;
 pub mod schema;
 pub mod selector;
@@ -70,6 +72,9 @@ pub use maintenance_policy::{
     PolicyRule,
 };
 pub use params::{BoundParams, ParamError, bind_params, render, render_text};
+pub use remediation_rule::{
+    LabelMatcher, MatchOp, Pattern, REMEDIATION_RULE_KIND, RemediationRuleDef, ShortCircuit,
+};
 pub use runbook::{
     Arguments, Check, CheckKind, IncludeDef, JsonCheck, Located, Origin, ParamDef, ParamType,
     Purpose, RetryPolicy, RunbookDef, StepDef, TaskAction, TaskDef, TemplateDef, Threshold,

@@ -174,7 +174,8 @@ pub fn link(
             }
             Definition::StateMachine(_)
             | Definition::Fleet(_)
-            | Definition::MaintenancePolicy(_) => {}
+            | Definition::MaintenancePolicy(_)
+            | Definition::RemediationRule(_) => {}
         }
     }
     for def in defs {

@@ -17,6 +17,7 @@ use crate::fleet_spec;
 use crate::machine::MachineDef;
 use crate::maintenance_policy::{self, MAINTENANCE_POLICY_KIND, MaintenancePolicyDef};
 use crate::names;
+use crate::remediation_rule::{self, REMEDIATION_RULE_KIND, RemediationRuleDef};
 use crate::runbook::{RunbookDef, TemplateDef};
 use crate::runbook_spec::{self, RUNBOOK_KIND, TEMPLATE_KIND};
 use crate::state_machine;
@@ -56,6 +57,8 @@ pub enum Definition {
     Fleet(FleetDef),
     /// Valid on its own; `levee_fleet` checks that its service is in the fleet.
     MaintenancePolicy(MaintenancePolicyDef),
+    /// Valid on its own; the server checks that its runbook and fleet exist.
+    RemediationRule(RemediationRuleDef),
 }
 
 impl Definition {
@@ -67,6 +70,7 @@ impl Definition {
             Definition::TaskTemplate(_) => TEMPLATE_KIND,
             Definition::Fleet(_) => FLEET_KIND,
             Definition::MaintenancePolicy(_) => MAINTENANCE_POLICY_KIND,
+            Definition::RemediationRule(_) => REMEDIATION_RULE_KIND,
         }
     }
 
@@ -78,6 +82,7 @@ impl Definition {
             Definition::TaskTemplate(template) => &template.name,
             Definition::Fleet(fleet) => &fleet.name,
             Definition::MaintenancePolicy(policy) => &policy.name,
+            Definition::RemediationRule(rule) => &rule.name,
         }
     }
 
@@ -89,6 +94,7 @@ impl Definition {
             Definition::TaskTemplate(def) => serde_json::to_value(def),
             Definition::Fleet(def) => serde_json::to_value(def),
             Definition::MaintenancePolicy(def) => serde_json::to_value(def),
+            Definition::RemediationRule(def) => serde_json::to_value(def),
         }
     }
 
@@ -131,6 +137,12 @@ impl Definition {
                 def.service.value,
                 plural(def.rules.len(), "rule")
             ),
+            Definition::RemediationRule(def) => format!(
+                "RemediationRule {} ({} runs {})",
+                def.name,
+                def.describe_matchers(),
+                def.runbook.value
+            ),
         }
     }
 
@@ -146,6 +158,14 @@ impl Definition {
     pub fn as_maintenance_policy(&self) -> Option<&MaintenancePolicyDef> {
         match self {
             Definition::MaintenancePolicy(policy) => Some(policy),
+            _ => None,
+        }
+    }
+
+    /// The remediation rule, if this is one.
+    pub fn as_remediation_rule(&self) -> Option<&RemediationRuleDef> {
+        match self {
+            Definition::RemediationRule(rule) => Some(rule),
             _ => None,
         }
     }
@@ -201,7 +221,16 @@ pub(crate) const KINDS: &[(&str, CompileFn)] = &[
     (TEMPLATE_KIND, compile_template),
     (FLEET_KIND, compile_fleet),
     (MAINTENANCE_POLICY_KIND, compile_policy),
+    (REMEDIATION_RULE_KIND, compile_remediation_rule),
 ];
+
+fn compile_remediation_rule(
+    root: &Node,
+    reader: &Reader,
+    _ctx: &LoadContext,
+) -> Option<Definition> {
+    remediation_rule::compile_rule(root, reader).map(Definition::RemediationRule)
+}
 
 fn compile_fleet(root: &Node, reader: &Reader, _ctx: &LoadContext) -> Option<Definition> {
     fleet_spec::compile_fleet(root, reader).map(Definition::Fleet)

@@ -3,7 +3,8 @@
 //!
 //! The schemas are kept in the repository at `schemas/state-machine.schema.json`,
 //! `schemas/runbook.schema.json`, `schemas/task-template.schema.json`,
-//! `schemas/fleet.schema.json` and `schemas/maintenance-policy.schema.json`; a test fails
+//! `schemas/fleet.schema.json`, `schemas/maintenance-policy.schema.json` and
+//! `schemas/remediation-rule.schema.json`; a test fails
 //! when it is out of date, and `LEVEE_UPDATE_SCHEMAS=1 cargo test -p levee-model` rewrites it.
 //! With the YAML language server (VS Code's YAML extension, Neovim, Helix, ...), point a file
 //! at it with a comment on its first line:
@@ -27,6 +28,7 @@ use schemars::generate::SchemaSettings;
 
 use crate::fleet_spec::FleetSpec;
 use crate::maintenance_policy::MaintenancePolicySpec;
+use crate::remediation_rule::RemediationRuleSpec;
 use crate::runbook_spec::{RunbookSpec, TemplateSpec};
 use crate::state_machine::StateMachineSpec;
 
@@ -104,6 +106,24 @@ pub fn fleet_schema_text() -> String {
 /// [`maintenance_policy_schema`] as written to [`MAINTENANCE_POLICY_SCHEMA_PATH`].
 pub fn maintenance_policy_schema_text() -> String {
     pretty(&maintenance_policy_schema())
+}
+
+/// Where the remediation rule schema lives, relative to the repository root.
+pub const REMEDIATION_RULE_SCHEMA_PATH: &str = "schemas/remediation-rule.schema.json";
+
+/// The JSON Schema of a `kind: RemediationRule` document. It cannot check what needs other
+/// documents (the runbook, the fleet) nor that regular expressions compile: `levee validate`
+/// does.
+pub fn remediation_rule_schema() -> serde_json::Value {
+    let generator = SchemaSettings::draft07().for_deserialize().into_generator();
+    generator
+        .into_root_schema_for::<RemediationRuleSpec>()
+        .to_value()
+}
+
+/// [`remediation_rule_schema`] as written to [`REMEDIATION_RULE_SCHEMA_PATH`].
+pub fn remediation_rule_schema_text() -> String {
+    pretty(&remediation_rule_schema())
 }
 
 fn pretty(schema: &serde_json::Value) -> String {

@@ -133,6 +133,41 @@ fn maintenance_policy_schema_file_is_up_to_date() {
 }
 
 #[test]
+fn remediation_rule_schema_file_is_up_to_date() {
+    check_file(
+        levee_model::schema::REMEDIATION_RULE_SCHEMA_PATH,
+        levee_model::schema::remediation_rule_schema_text(),
+    );
+}
+
+#[test]
+fn remediation_rule_schema_describes_matchers_and_limits() {
+    let rule = levee_model::schema::remediation_rule_schema();
+    assert_eq!(rule["additionalProperties"], false);
+    assert_eq!(rule["properties"]["kind"]["const"], "RemediationRule");
+    for key in [
+        "match",
+        "host_label",
+        "runbook",
+        "with",
+        "fleet",
+        "max_in_repair_per_pool",
+        "max_in_repair",
+        "short_circuit",
+        "repair_ticket_webhook",
+        "cooldown",
+    ] {
+        assert!(rule["properties"][key].is_object(), "rule key {key}");
+    }
+    let matcher = &rule["definitions"]["Matcher"];
+    assert!(
+        matcher["anyOf"][1]["properties"]["regex"].is_object(),
+        "{matcher}"
+    );
+    assert!(rule["definitions"]["ShortCircuit"]["properties"]["within"].is_object());
+}
+
+#[test]
 fn fleet_and_policy_schemas_describe_hosts_pools_and_rules() {
     let fleet = levee_model::schema::fleet_schema();
     assert_eq!(fleet["additionalProperties"], false);
