@@ -129,6 +129,8 @@ pub enum MaintCommand {
     Approve(MaintReasonArgs),
     /// Cancels a maintenance; hosts automation took out are given back first.
     Cancel(MaintReasonArgs),
+    /// Confirms a host in repair (an alert-driven repair) is fixed: it goes back in service.
+    ConfirmRepair(MaintReasonArgs),
     /// Says the work ended early: the hosts are enabled now.
     Finish(MaintReasonArgs),
     /// Puts one host back in service now; automation leaves it alone afterwards.
@@ -299,6 +301,7 @@ pub async fn maint(command: MaintCommand) -> Outcome {
         }
         MaintCommand::Approve(args) => simple_control(&args, "approve").await,
         MaintCommand::Cancel(args) => simple_control(&args, "cancel").await,
+        MaintCommand::ConfirmRepair(args) => simple_control(&args, "confirm_repair").await,
         MaintCommand::Finish(args) => simple_control(&args, "finish").await,
         MaintCommand::EnableHost(args) => {
             control(

@@ -100,7 +100,7 @@ fn a_matching_alert_repairs_its_host_with_the_rule_s_runbook() {
     );
     assert_eq!(
         remediation.repair_ticket_webhook.as_deref(),
-        Some("https://tickets.example.invalid/api/repairs")
+        Some("http://tickets.example.invalid/api/repairs")
     );
     assert!(remediation.preflight.passed);
     assert!(

@@ -127,7 +127,7 @@ fn the_example_rule_for_row_a_loads() {
     assert_eq!(rule.cooldown_ms, 6 * HOUR_MS);
     assert_eq!(
         rule.repair_ticket_webhook.as_deref(),
-        Some("https://tickets.example.invalid/api/repairs")
+        Some("http://tickets.example.invalid/api/repairs")
     );
     assert_eq!(rule.with["ticket_queue"], "dc1-hardware");
     assert!(matches!(rule.matchers[2].op, MatchOp::NotEqual(ref v) if v == "staging"));

@@ -365,6 +365,65 @@ impl App {
                 }
             }
         }
+        for (definition, _) in &applied {
+            let Definition::RemediationRule(rule) = definition else {
+                continue;
+            };
+            let runbook = &rule.runbook;
+            if !stored_runbooks.contains(&runbook.value)
+                && !runbooks_applied.contains(&runbook.value)
+            {
+                diagnostics.push(error_at(
+                    &runbook.origin,
+                    "unknown-runbook",
+                    format!(
+                        "The remediation rule `{}` runs the runbook `{}`, which is not stored; \
+                         apply it first or in the same request.{}",
+                        rule.name,
+                        runbook.value,
+                        levee_model::names::did_you_mean(
+                            &runbook.value,
+                            stored_runbooks
+                                .iter()
+                                .chain(runbooks_applied.iter())
+                                .map(String::as_str)
+                        )
+                    ),
+                ));
+            }
+            if let Some(fleet) = &rule.fleet
+                && !fleets.contains_key(&fleet.value)
+            {
+                diagnostics.push(error_at(
+                    &fleet.origin,
+                    "unknown-fleet",
+                    format!(
+                        "The remediation rule `{}` is for the fleet `{}`, which is not stored \
+                         or applied.{}",
+                        rule.name,
+                        fleet.value,
+                        levee_model::names::did_you_mean(
+                            &fleet.value,
+                            fleets.keys().map(String::as_str)
+                        )
+                    ),
+                ));
+            }
+            if let Some(url) = &rule.repair_ticket_webhook
+                && !url.starts_with("http://")
+            {
+                diagnostics.push(error_at(
+                    &rule.origin,
+                    "unsupported-url",
+                    format!(
+                        "The remediation rule `{}` opens repair tickets at `{url}`; this build \
+                         speaks plain `http://` only (put a TLS-terminating proxy in front of \
+                         the ticket system).",
+                        rule.name
+                    ),
+                ));
+            }
+        }
         for (fleet_name, fleet_policies) in by_fleet {
             let (fleet, _) = &fleets[&fleet_name];
             let index = FleetIndex::build(fleet).map_err(ApiError::internal)?;

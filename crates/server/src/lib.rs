@@ -15,6 +15,7 @@ pub mod machines;
 pub mod maint;
 pub mod metrics;
 pub mod openapi;
+pub mod remediation;
 pub mod replica;
 pub mod runbooks;
 pub mod runs;

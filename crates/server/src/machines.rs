@@ -543,7 +543,9 @@ impl App {
                             Definition::StateMachine(machine) => {
                                 machine_defs.push((machine, content.clone()))
                             }
-                            fleet @ (Definition::Fleet(_) | Definition::MaintenancePolicy(_)) => {
+                            fleet @ (Definition::Fleet(_)
+                            | Definition::MaintenancePolicy(_)
+                            | Definition::RemediationRule(_)) => {
                                 fleet_defs.push((fleet, content.clone()))
                             }
                             other => runbook_defs.push((other, content.clone())),

@@ -22,6 +22,7 @@ use crate::runbooks;
         api::revoke_token, api::list_runbooks, api::plan_runbook, api::show_fleets,
         maint::plan_maintenance, maint::schedule_maintenance, maint::list_maintenances,
         maint::get_maintenance, maint::control_maintenance, maint::calendar, maint::get_host,
+        maint::receive_alerts,
     ),
     components(schemas(
         api::MachineView, api::ReplayView, api::HistoryView, api::DefinitionView, api::WhoAmI,
@@ -35,7 +36,8 @@ use crate::runbooks;
         crate::fleet::PoolView, crate::maint::MaintenanceRequest, crate::maint::MaintenancePlan,
         crate::maint::MaintenanceView, crate::maint::MaintenanceControl,
         crate::maint::CalendarView, crate::maint::CalendarDomain, crate::maint::CalendarEntry,
-        crate::maint::HostServingView,
+        crate::maint::HostServingView, crate::remediation::AlertsResponse,
+        crate::remediation::AlertOutcome,
     )),
     tags(
         (name = "stateservice", description = "Facebook StateService's endpoint, reproduced exactly"),

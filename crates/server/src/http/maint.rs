@@ -28,6 +28,7 @@ pub fn router() -> Router<SharedApp> {
         .route("/maintenances/{id}/controls", post(control_maintenance))
         .route("/hosts/{host}", get(get_host))
         .route("/hosts/{host}/serving", get(host_serving))
+        .route("/alerts/alertmanager", post(receive_alerts))
 }
 
 /// A dry run of a maintenance: resolved hosts, capacity before and after per pool, each
@@ -134,4 +135,18 @@ pub async fn host_serving(
         )
             .into_response()
     })
+}
+
+/// Prometheus Alertmanager's webhook receiver (payload version 4, as Alertmanager 0.25 and
+/// later send it): each alert is matched to the remediation rules and, within their limits
+/// and the capacity floors, starts a host repair. 400 when the body is not Alertmanager's.
+#[utoipa::path(post, path = "/api/v1/alerts/alertmanager", tag = "fleet",
+    request_body(content = Object, description = "Alertmanager's webhook payload"),
+    responses((status = 200, body = crate::remediation::AlertsResponse), (status = 400)))]
+pub async fn receive_alerts(
+    State(app): State<SharedApp>,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<crate::remediation::AlertsResponse>, ApiError> {
+    Ok(axum::Json(app.receive_alerts(&caller, &body).await?))
 }

@@ -72,6 +72,17 @@ impl App {
             if flow::is_final(&record.state) {
                 continue;
             }
+            if record.kind == crate::remediation::REPAIR_KIND {
+                match self.drive_repair(record).await {
+                    Ok(true) => changed += 1,
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(repair = %record.id, error = %error.message,
+                            "moving a repair failed; retrying on the next pass");
+                    }
+                }
+                continue;
+            }
             if !contexts.contains_key(&record.fleet) {
                 match self.fleet_context(Some(&record.fleet)).await {
                     Ok(context) => {
@@ -201,7 +212,7 @@ impl App {
     }
 
     /// Starts (or finds, by its name) a run a maintenance needs, and says how it is doing.
-    async fn start_maintenance_run(
+    pub(crate) async fn start_maintenance_run(
         self: &Arc<Self>,
         maintenance: &str,
         runbook: &str,

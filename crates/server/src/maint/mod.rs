@@ -132,6 +132,20 @@ pub struct MaintenancePlan {
     pub outcome: String,
 }
 
+/// The hosts `record` has out of service now: a repair's host until it ends, a
+/// maintenance's disabled hosts and unavailable spares.
+pub fn hosts_out(record: &MaintenanceRecord) -> Result<BTreeSet<String>, ApiError> {
+    if !record.reserves() {
+        return Ok(BTreeSet::new());
+    }
+    if record.kind == crate::remediation::REPAIR_KIND {
+        return Ok(record.hosts.iter().cloned().collect());
+    }
+    Ok(Details::from_value(&record.details)
+        .map_err(ApiError::internal)?
+        .hosts_out())
+}
+
 /// A stored maintenance.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct MaintenanceView {
@@ -159,13 +173,14 @@ pub struct MaintenanceView {
     pub version: i64,
     /// Hosts it has out of service now.
     pub hosts_out: Vec<String>,
+    /// The flow's facts: per-service progress, the last preflight, its history (a repair's:
+    /// its rule, alert, run and ticket).
     #[schema(value_type = Object)]
-    pub details: Details,
+    pub details: Value,
 }
 
 impl MaintenanceView {
     pub fn new(record: &MaintenanceRecord) -> Result<MaintenanceView, ApiError> {
-        let details = Details::from_value(&record.details).map_err(ApiError::internal)?;
         Ok(MaintenanceView {
             id: record.id.clone(),
             fleet: record.fleet.clone(),
@@ -184,8 +199,8 @@ impl MaintenanceView {
             created_at_ms: record.created_at_ms,
             updated_at_ms: record.updated_at_ms,
             version: record.version,
-            hosts_out: details.hosts_out().into_iter().collect(),
-            details,
+            hosts_out: hosts_out(record)?.into_iter().collect(),
+            details: record.details.clone(),
         })
     }
 }
@@ -195,7 +210,8 @@ impl MaintenanceView {
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceControl {
     /// `approve` (a second person), `confirm` (a service's hosts were handled by hand),
-    /// `cancel`, `finish` (the work ended early), `enable_host` (put one host back now).
+    /// `cancel`, `finish` (the work ended early), `enable_host` (put one host back now);
+    /// for a repair, `confirm_repair` (the host is fixed: back in service) or `cancel`.
     pub action: String,
     #[serde(default)]
     pub service: Option<String>,
@@ -822,7 +838,11 @@ impl App {
                 .await?
                 .ok_or_else(|| ApiError::not_found(format!("no maintenance `{id}`")))?;
             let now = self.now_ms();
-            let next = apply_control(&record, caller, control, &reason, now)?;
+            let next = if record.kind == crate::remediation::REPAIR_KIND {
+                crate::remediation::apply_repair_control(&record, caller, control, &reason, now)?
+            } else {
+                apply_control(&record, caller, control, &reason, now)?
+            };
             let audit = self.audit_entry(
                 caller,
                 &format!("maintenance.{}", control.action),
@@ -900,7 +920,10 @@ impl App {
                 start_ms: record.start_ms,
                 end_ms: record.end_ms,
             };
-            if !span.overlaps(window) || record.state == flow::CANCELLED {
+            if !span.overlaps(window)
+                || record.state == flow::CANCELLED
+                || record.kind == crate::remediation::REPAIR_KIND
+            {
                 continue;
             }
             let mut per_domain: BTreeMap<String, usize> = BTreeMap::new();
@@ -962,10 +985,7 @@ impl App {
             out_because.push(format!("the fleet `{}` marks it down", fleet.fleet.name));
         }
         for record in &records {
-            let Ok(details) = Details::from_value(&record.details) else {
-                continue;
-            };
-            if details.hosts_out().contains(host) {
+            if hosts_out(record).is_ok_and(|out| out.contains(host)) {
                 out_because.push(format!(
                     "maintenance {} ({}): {}",
                     record.id, record.state, record.kind

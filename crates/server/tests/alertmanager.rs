@@ -1,7 +1,8 @@
-//! A real Alertmanager (Debian's `prometheus-alertmanager`, 0.25) fed with `amtool alert add`
-//! sends its webhook to a small HTTP listener here; the payload it sends must parse, and the
-//! decision must repair the right host of the example row with the example rule (and refuse
-//! a misspelt host, suggesting the right one).
+//! Alert-driven repair end to end: a real Alertmanager (Debian's `prometheus-alertmanager`,
+//! 0.25) fed with `amtool alert add` sends its webhooks to a real Levee server with the
+//! example row and remediation rule; the right host goes into repair (its runbook runs, a
+//! repair ticket is opened at a listener here), the per-pool limit refuses a second host, a
+//! misspelt host is refused with a suggestion, and confirming the repair puts the host back.
 //!
 //! Without `prometheus-alertmanager` or `amtool` the test fails when `CI` is set (`.ci/run`
 //! installs them) and says why it is skipped otherwise.
@@ -14,11 +15,11 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::routing::post;
-use levee_fleet::{
-    Decision, FleetIndex, RefusalReason, RemediationState, decide_payload, parse_webhook,
-};
-use levee_model::{Definition, LoadContext, RemediationRuleDef, load_documents};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
+
+mod common;
 
 const ALERTMANAGER: &str = "prometheus-alertmanager";
 const AMTOOL: &str = "amtool";
@@ -65,15 +66,6 @@ fn repository_path(relative: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .join(relative)
-}
-
-fn load(relative: &str) -> Vec<Definition> {
-    let text = std::fs::read_to_string(repository_path(relative)).expect("read the example");
-    let ctx = LoadContext::new(0, jiff::tz::TimeZone::UTC);
-    load_documents(relative, &text, &ctx).unwrap_or_else(|diagnostics| {
-        let rendered: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
-        panic!("{relative}: {}", rendered.join("\n"))
-    })
 }
 
 /// Alertmanager, killed when dropped.
@@ -197,108 +189,150 @@ fn amtool_add(alertmanager: &Alertmanager, labels: &[&str]) {
     }
 }
 
+async fn apply(server: &common::TestServer, files: &[(&str, String)]) {
+    let files: Vec<Value> = files
+        .iter()
+        .map(|(name, content)| json!({ "name": name, "content": content }))
+        .collect();
+    let answer = server
+        .send(
+            Method::POST,
+            "/api/v1/definitions",
+            None,
+            Some(&json!({ "files": files })),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+}
+
+async fn repairs(server: &common::TestServer) -> Vec<Value> {
+    let list = server.get("/api/v1/maintenances").await.json();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["type"] == "repair")
+        .cloned()
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alertmanager_webhooks_parse_and_repair_the_right_host() {
-    let test = "alertmanager_webhooks_parse_and_repair_the_right_host";
+async fn alertmanager_alerts_repair_one_host_per_pool_and_a_confirmed_repair_puts_it_back() {
+    let test = "alertmanager_alerts_repair_one_host_per_pool_and_a_confirmed_repair_puts_it_back";
     if !tool_available(ALERTMANAGER, test) || !tool_available(AMTOOL, test) {
         return;
     }
-    let fleet = load("examples/fleet/row.yaml")[0]
-        .as_fleet()
-        .cloned()
-        .expect("a fleet");
-    let index = FleetIndex::build(&fleet).expect("indexes");
-    let rules: Vec<RemediationRuleDef> = load("examples/fleet/remediation.yaml")
-        .iter()
-        .filter_map(|d| d.as_remediation_rule().cloned())
-        .collect();
-
-    let (webhook_url, mut bodies) = start_receiver().await;
-    let alertmanager = start_alertmanager(&webhook_url).await;
-    amtool_add(
-        &alertmanager,
+    let server = common::start().await;
+    let (ticket_url, mut tickets) = start_receiver().await;
+    let read = |path: &str| std::fs::read_to_string(repository_path(path)).expect("an example");
+    let rule = read("examples/fleet/remediation.yaml")
+        .replace("http://tickets.example.invalid/api/repairs", &ticket_url);
+    apply(
+        &server,
         &[
-            "alertname=HostDown",
-            "severity=page",
-            "instance=web-r1-1:9100",
-            "job=node",
+            ("row.yaml", read("examples/fleet/row.yaml")),
+            ("remediation.yaml", rule),
         ],
-    );
-    amtool_add(
-        &alertmanager,
-        &[
-            "alertname=HostDown",
-            "severity=page",
-            "instance=web-r1-l:9100",
-            "job=node",
-        ],
-    );
+    )
+    .await;
 
-    // Alertmanager may send the two alerts in one notification or in two: decide every
-    // notification in turn until both hosts have a decision.
-    let mut state = RemediationState::default();
-    let mut decided: Vec<(String, Decision)> = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(WEBHOOK_WAIT_MS);
-    while decided.len() < 2 {
-        let body = tokio::time::timeout_at(deadline, bodies.recv())
-            .await
-            .unwrap_or_else(|_| {
-                panic!("no webhook with both alerts within {WEBHOOK_WAIT_MS} ms: {decided:#?}")
-            })
-            .expect("the receiver runs");
-        let payload = parse_webhook(&body).unwrap_or_else(|e| {
-            panic!(
-                "Alertmanager's payload must parse: {e}\n{}",
-                String::from_utf8_lossy(&body)
-            )
-        });
-        assert_eq!(payload.version, "4");
-        assert_eq!(payload.receiver.as_deref(), Some("levee"));
-        assert!(payload.group_key.is_some(), "{payload:#?}");
-        assert_eq!(payload.truncated_alerts, 0);
-        assert_eq!(
-            payload.group_labels.get("alertname").map(String::as_str),
-            Some("HostDown")
+    let alertmanager = start_alertmanager(&server.url("/api/v1/alerts/alertmanager")).await;
+    for instance in ["web-r1-1:9100", "web-r2-1:9100", "web-r1-l:9100"] {
+        amtool_add(
+            &alertmanager,
+            &[
+                "alertname=HostDown",
+                "severity=page",
+                &format!("instance={instance}"),
+                "job=node",
+            ],
         );
-        for alert in &payload.alerts {
-            assert!(
-                alert.fingerprint.is_some(),
-                "0.25 sends fingerprints: {alert:#?}"
-            );
-            assert_eq!(
-                alert.annotations.get("summary").map(String::as_str),
-                Some("added by the levee test")
-            );
-        }
-        let now_ms = jiff::Timestamp::now().as_millisecond();
-        let (decisions, after) = decide_payload(&index, &rules, &state, &payload, now_ms);
-        state = after;
-        for (alert, decision) in payload.alerts.iter().zip(decisions) {
-            let instance = alert.label("instance").unwrap_or_default().to_string();
-            if !decided.iter().any(|(seen, _)| *seen == instance) {
-                decided.push((instance, decision));
-            }
-        }
     }
-    decided.sort_by(|a, b| a.0.cmp(&b.0));
-    let (instance, repaired) = &decided[0];
-    assert_eq!(instance, "web-r1-1:9100");
-    let Decision::Remediate(remediation) = repaired else {
-        panic!("web-r1-1 must be repaired: {repaired:#?}");
-    };
-    assert_eq!(remediation.host, "web-r1-1");
-    assert_eq!(remediation.rule, "row-a-host-down");
-    assert_eq!(remediation.runbook, "host-repair");
-    assert_eq!(remediation.params["service"], "web");
-    let (instance, refused) = &decided[1];
-    assert_eq!(instance, "web-r1-l:9100");
-    let refusal = refused.refusal().expect("a refusal");
+
+    // web-r1-1 goes into repair: its runbook runs, its ticket is opened.
+    let ticket =
+        match tokio::time::timeout(Duration::from_millis(WEBHOOK_WAIT_MS), tickets.recv()).await {
+            Ok(ticket) => ticket.expect("the receiver runs"),
+            Err(_) => panic!(
+                "no repair ticket within {WEBHOOK_WAIT_MS} ms; repairs: {:#?}",
+                repairs(&server).await
+            ),
+        };
+    let ticket: Value = serde_json::from_slice(&ticket).expect("a JSON ticket");
+    assert_eq!(ticket["host"], "web-r1-1", "{ticket}");
+    assert_eq!(ticket["rule"], "row-a-host-down");
+    assert_eq!(ticket["alert"], "HostDown");
+    let found = repairs(&server).await;
+    assert_eq!(found.len(), 1, "one host per pool: {found:#?}");
+    let repair = &found[0];
+    assert_eq!(repair["hosts"], json!(["web-r1-1"]));
+    assert_eq!(repair["state"], "awaiting_repair", "{repair:#}");
+    let id = repair["id"].as_str().unwrap().to_string();
+    let serving = server.get("/api/v1/hosts/web-r1-1/serving").await;
     assert_eq!(
-        refusal.reason,
-        RefusalReason::UnknownHost {
-            host: "web-r1-l".to_string(),
-            did_you_mean: Some("web-r1-1".to_string()),
-        }
+        serving.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        serving.body
     );
-    assert_eq!(state.in_repair.len(), 1);
+    // The second web host was refused by the per-pool limit, the misspelt one by name: the
+    // audit of the webhook answers is in the server's decisions, asked again here.
+    let payload = json!({
+        "version": "4", "status": "firing", "receiver": "levee", "groupLabels": {},
+        "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://am",
+        "alerts": [
+            { "status": "firing", "labels": { "alertname": "HostDown", "severity": "page",
+              "instance": "web-r2-1:9100" }, "annotations": {},
+              "startsAt": "2030-01-01T00:00:00Z", "endsAt": "0001-01-01T00:00:00Z" },
+            { "status": "firing", "labels": { "alertname": "HostDown", "severity": "page",
+              "instance": "web-r1-l:9100" }, "annotations": {},
+              "startsAt": "2030-01-01T00:00:00Z", "endsAt": "0001-01-01T00:00:00Z" }
+        ]
+    });
+    let answer = server
+        .send(
+            Method::POST,
+            "/api/v1/alerts/alertmanager",
+            None,
+            Some(&payload),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let outcomes = answer.json()["outcomes"].clone();
+    assert_eq!(outcomes[0]["decision"], "refused", "{outcomes:#}");
+    assert_eq!(outcomes[0]["reason"], "pool_limit", "{outcomes:#}");
+    assert_eq!(outcomes[1]["reason"], "unknown_host", "{outcomes:#}");
+    assert!(
+        outcomes[1]["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("web-r1-1"),
+        "did you mean: {outcomes:#}"
+    );
+
+    // A payload that is not Alertmanager's is refused, naming the field.
+    let answer = server
+        .send(
+            Method::POST,
+            "/api/v1/alerts/alertmanager",
+            None,
+            Some(&json!({ "hello": "world" })),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+    assert_eq!(answer.json()["error"]["code"], "not_alertmanager");
+
+    // The datacenter team repaired it: confirm, and it is back.
+    let answer = server
+        .send(
+            Method::POST,
+            &format!("/api/v1/maintenances/{id}/controls"),
+            None,
+            Some(&json!({ "action": "confirm_repair", "reason": "disk replaced" })),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.json()["state"], "done");
+    let serving = server.get("/api/v1/hosts/web-r1-1/serving").await;
+    assert_eq!(serving.status, StatusCode::OK, "{}", serving.body);
+    drop(alertmanager);
 }
