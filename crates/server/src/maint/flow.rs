@@ -492,40 +492,10 @@ fn decide(current: &Current<'_>, facts: &Facts<'_>) -> Result<Option<Transition>
                     "cancelled: giving the hosts back",
                 )));
             }
-            progress_runs(facts, &mut details, false);
-            let effects: Vec<Effect> = Vec::new();
-            let needing: Vec<String> = details
-                .services
-                .iter()
-                .filter(|s| s.needs_person())
-                .map(|s| s.service.clone())
-                .collect();
-            if !needing.is_empty() {
-                details.resume_to = Some(DISABLING.to_string());
-                return Ok(Some(needs_human(
-                    current,
-                    details,
-                    &needing,
-                    "automation failed".to_string(),
-                )));
-            }
-            if details
-                .services
-                .iter()
-                .any(|s| s.status == ServiceStatus::Running)
-            {
-                return Ok(if effects.is_empty() && details == *current.details {
-                    None
-                } else {
-                    Some(Transition {
-                        state: DISABLING.to_string(),
-                        why: "waiting for the services' runbooks".to_string(),
-                        unblock: String::new(),
-                        details,
-                        effects,
-                    })
-                });
-            }
+            let details = match follow_runs(current, facts, details, false) {
+                PhasePass::Done(details) => details,
+                PhasePass::Stop(stop) => return Ok(stop),
+            };
             let out: usize = details.services.iter().map(|s| s.disabled.len()).sum();
             let by_hand = details
                 .services
@@ -540,7 +510,7 @@ fn decide(current: &Current<'_>, facts: &Facts<'_>) -> Result<Option<Transition>
                      services handled by hand; enabling at the end of the window"
                 ),
                 "",
-                effects,
+                vec![],
             )))
         }
         IN_MAINTENANCE => {
@@ -570,40 +540,10 @@ fn decide(current: &Current<'_>, facts: &Facts<'_>) -> Result<Option<Transition>
             }
         }
         ENABLING => {
-            progress_runs(facts, &mut details, true);
-            let effects: Vec<Effect> = Vec::new();
-            let needing: Vec<String> = details
-                .services
-                .iter()
-                .filter(|s| s.needs_person())
-                .map(|s| s.service.clone())
-                .collect();
-            if !needing.is_empty() {
-                details.resume_to = Some(ENABLING.to_string());
-                return Ok(Some(needs_human(
-                    current,
-                    details,
-                    &needing,
-                    "automation failed to enable".to_string(),
-                )));
-            }
-            if details
-                .services
-                .iter()
-                .any(|s| s.status == ServiceStatus::Enabling)
-            {
-                return Ok(if effects.is_empty() && details == *current.details {
-                    None
-                } else {
-                    Some(Transition {
-                        state: ENABLING.to_string(),
-                        why: "waiting for the services' runbooks to enable".to_string(),
-                        unblock: String::new(),
-                        details,
-                        effects,
-                    })
-                });
-            }
+            let mut details = match follow_runs(current, facts, details, true) {
+                PhasePass::Done(details) => details,
+                PhasePass::Stop(stop) => return Ok(stop),
+            };
             details.spares_unavailable.clear();
             let by_hand: Vec<String> = details
                 .services
@@ -935,6 +875,66 @@ fn free_spares(
         }
     }
     free
+}
+
+/// Where one pass of a phase's host-level actions leaves the flow.
+enum PhasePass {
+    /// Every action is done: the phase may end.
+    Done(Details),
+    /// The flow stops here: people are needed, or runs are still going (`None` when this
+    /// pass changed nothing).
+    Stop(Option<Transition>),
+}
+
+/// One pass of a phase's host-level actions: follows their runs, then says whether the phase
+/// may end.
+fn follow_runs(
+    current: &Current<'_>,
+    facts: &Facts<'_>,
+    mut details: Details,
+    enabling: bool,
+) -> PhasePass {
+    progress_runs(facts, &mut details, enabling);
+    let (state, waiting, cause, why) = if enabling {
+        (
+            ENABLING,
+            ServiceStatus::Enabling,
+            "automation failed to enable",
+            "waiting for the services' runbooks to enable",
+        )
+    } else {
+        (
+            DISABLING,
+            ServiceStatus::Running,
+            "automation failed",
+            "waiting for the services' runbooks",
+        )
+    };
+    let needing: Vec<String> = details
+        .services
+        .iter()
+        .filter(|s| s.needs_person())
+        .map(|s| s.service.clone())
+        .collect();
+    if !needing.is_empty() {
+        details.resume_to = Some(state.to_string());
+        return PhasePass::Stop(Some(needs_human(
+            current,
+            details,
+            &needing,
+            cause.to_string(),
+        )));
+    }
+    if details.services.iter().any(|s| s.status == waiting) {
+        return PhasePass::Stop((details != *current.details).then(|| Transition {
+            state: state.to_string(),
+            why: why.to_string(),
+            unblock: String::new(),
+            details,
+            effects: vec![],
+        }));
+    }
+    PhasePass::Done(details)
 }
 
 /// Follows the runs of services in `Running` (disable) or `Enabling` (enable).
