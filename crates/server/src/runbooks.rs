@@ -160,6 +160,9 @@ pub struct ParamView {
     #[schema(value_type = Option<Object>)]
     pub default: Option<Value>,
     pub description: Option<String>,
+    /// The allowed values of an `enum` parameter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
 }
 
 /// The body of `POST /api/v1/runbooks/{name}/plan`.
@@ -491,6 +494,10 @@ impl App {
                         required: param.required,
                         default: param.default.clone(),
                         description: param.description.clone(),
+                        values: match &param.ty {
+                            levee_model::ParamType::Enum(values) => values.clone(),
+                            _ => Vec::new(),
+                        },
                     })
                     .collect(),
                 tasks: runbook.tasks.len(),

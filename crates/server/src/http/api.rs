@@ -347,13 +347,24 @@ pub async fn list_machines(
     caller: Caller,
     QueryParams(query): QueryParams<MachineQuery>,
 ) -> Result<axum::Json<Vec<MachineView>>, ApiError> {
-    caller.require(Role::Viewer)?;
     let filter = MachineFilter {
         definition: query.definition,
         group: query.group,
         after_id: query.after,
         limit: page_limit(query.limit)?,
     };
+    let records = machines_visible(&app, &caller, filter).await?;
+    Ok(axum::Json(records.iter().map(MachineView::from).collect()))
+}
+
+/// The machines `caller` may see that match `filter`: what `GET /api/v1/machines` lists (and
+/// the UI's state machine pages show).
+pub async fn machines_visible(
+    app: &SharedApp,
+    caller: &Caller,
+    filter: MachineFilter,
+) -> Result<Vec<MachineRecord>, ApiError> {
+    caller.require(Role::Viewer)?;
     let records = match &caller.scope {
         Scope::All => app.store.machines(&filter).await?,
         // A group scope narrows the listing in the store, so pages stay full.
@@ -384,7 +395,7 @@ pub async fn list_machines(
             .into_iter()
             .collect(),
     };
-    Ok(axum::Json(records.iter().map(MachineView::from).collect()))
+    Ok(records)
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -43,6 +43,7 @@ pub fn router() -> Router<SharedApp> {
         .route("/runs/{id}/events", get(run_events))
         .route("/runs/{id}/report", get(get_report))
         .route("/runs/{id}/tasks/{task}/output", get(get_output))
+        .route("/runs/{id}/tasks/{task}/health", get(get_health))
         .route("/pause", get(get_pause).put(put_pause))
         .route("/replicas", get(list_replicas))
 }
@@ -485,6 +486,19 @@ pub async fn get_output(
     require_run(&app, &id).await?;
     let outputs = app.store.task_outputs(&id, &task).await?;
     Ok(axum::Json(OutputPage { outputs }))
+}
+
+/// A task's health checks, their thresholds, and the observations the answering replica made
+/// of them while the task ran (kept in its memory, the latest few per check).
+#[utoipa::path(get, path = "/api/v1/runs/{id}/tasks/{task}/health", tag = "runs",
+    params(("id" = String, Path), ("task" = String, Path)),
+    responses((status = 200, body = Vec<crate::runs::TaskHealthView>), (status = 404)))]
+pub async fn get_health(
+    State(app): State<SharedApp>,
+    caller: Caller,
+    Path((id, task)): Path<(String, String)>,
+) -> Result<axum::Json<Vec<crate::runs::TaskHealthView>>, ApiError> {
+    Ok(axum::Json(app.task_health(&caller, &id, &task).await?))
 }
 
 /// Whether every run is paused, by whom and why.

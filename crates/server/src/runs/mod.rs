@@ -15,6 +15,7 @@
 //! the engine's `Recovered` event decides what runs again.
 
 mod actor;
+pub mod health;
 mod task;
 
 pub mod spec;
@@ -102,6 +103,8 @@ pub struct Runs {
     draining: AtomicBool,
     /// Task attempts running in this process.
     attempts: Arc<std::sync::atomic::AtomicUsize>,
+    /// Recent health-check observations of this process's attempts, for the UI's charts.
+    pub health: health::HealthSamples,
 }
 
 /// Counts an attempt as running for as long as it lives.
@@ -122,6 +125,7 @@ impl Runs {
             notifier,
             draining: AtomicBool::new(false),
             attempts: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            health: health::HealthSamples::default(),
         }
     }
 
@@ -270,6 +274,20 @@ pub struct ControlRequest {
     pub pace: Option<Value>,
     /// Why: kept in the journal and the audit log. Required.
     pub reason: String,
+}
+
+/// One health check of a task, its thresholds and its recent observations.
+#[derive(Clone, Debug, serde::Serialize, ToSchema)]
+pub struct TaskHealthView {
+    pub name: String,
+    /// `metric`, `http`, `shell` or `state`.
+    pub check: String,
+    /// A `metric` check's bounds: the value must stay below / above them.
+    pub below: Option<f64>,
+    pub above: Option<f64>,
+    /// Observations by the replica that answered, oldest first (kept in its memory).
+    #[schema(value_type = Vec<Object>)]
+    pub samples: Vec<health::HealthSample>,
 }
 
 /// The body of `PUT /api/v1/pause`.
@@ -825,6 +843,46 @@ impl App {
             .ok_or_else(|| ApiError::not_found(format!("no run with id `{id}`")))?;
         let spec = spec_of(&stored)?;
         Ok(RunView::new(&stored, &stored.state, &spec))
+    }
+
+    /// A task's health checks with their thresholds and the observations this replica made
+    /// of them (`GET /api/v1/runs/{id}/tasks/{task}/health`).
+    pub async fn task_health(
+        &self,
+        caller: &Caller,
+        id: &str,
+        task: &str,
+    ) -> Result<Vec<TaskHealthView>, ApiError> {
+        caller.require(Role::Viewer)?;
+        let stored = self
+            .store
+            .load_run(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no run with id `{id}`")))?;
+        let spec = spec_of(&stored)?;
+        let Some(task_spec) = spec.tasks.iter().find(|t| t.plan.id == task) else {
+            return Err(ApiError::not_found(format!(
+                "run `{id}` has no task `{task}`"
+            )));
+        };
+        let mut observed = self.runs.health.of(id, task);
+        let bound = |args: &Value, key: &str| {
+            args.get(key).and_then(|v| {
+                v.as_f64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse::<f64>().ok()))
+            })
+        };
+        Ok(task_spec
+            .health
+            .iter()
+            .map(|check| TaskHealthView {
+                name: check.name.clone(),
+                check: check.check.clone(),
+                below: bound(&check.args, "below"),
+                above: bound(&check.args, "above"),
+                samples: observed.remove(&check.name).unwrap_or_default(),
+            })
+            .collect())
     }
 
     /// Sets or lifts the pause of every run.

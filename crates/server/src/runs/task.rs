@@ -124,7 +124,7 @@ impl Attempt {
         let id = task.plan.id.clone();
         if !self.started
             && !self.skip_checks.pre
-            && let Err(report) = self.evaluate(&task.pre).await
+            && let Err(report) = self.evaluate(&task.pre, false).await
         {
             self.app.metrics.task_ended("check_failed");
             let output = self.output("pre_check_failed", report.clone(), 0, Value::Null);
@@ -166,7 +166,7 @@ impl Attempt {
         };
         let (event, output) = match ended {
             Ended::Stage(StageOutcome::Succeeded { output }) => {
-                match self.evaluate(&task.post).await {
+                match self.evaluate(&task.post, false).await {
                     Ok(()) => {
                         self.app.metrics.task_ended("succeeded");
                         (
@@ -305,7 +305,7 @@ impl Attempt {
         };
         let watch_health = !self.skip_checks.health && !task.health.is_empty();
         // Health gates the start too: a stage never begins while its health is already bad.
-        if watch_health && let Err(report) = self.evaluate(&task.health).await {
+        if watch_health && let Err(report) = self.evaluate(&task.health, true).await {
             return Ended::Unhealthy(report, StageOutput::default());
         }
         let (reporter, mut steps) = StepReporter::channel();
@@ -357,7 +357,7 @@ impl Attempt {
                     stopper.cancel();
                 }
                 _ = health.tick(), if watch_health && unhealthy.is_none() && !cancelled => {
-                    if let Err(report) = self.evaluate(&task.health).await {
+                    if let Err(report) = self.evaluate(&task.health, true).await {
                         unhealthy = Some(report);
                         stopper.cancel();
                     }
@@ -499,11 +499,22 @@ impl Attempt {
     }
 
     /// Evaluates checks in order; the first that fails ends the evaluation. `Err` holds a
-    /// report of every check evaluated, for the operator.
-    async fn evaluate(&self, checks: &[CheckSpec]) -> Result<(), String> {
+    /// report of every check evaluated, for the operator. Health observations are also
+    /// kept for the UI's charts (`runs::health`).
+    async fn evaluate(&self, checks: &[CheckSpec], health: bool) -> Result<(), String> {
         let mut report = String::new();
         for check in checks {
             let outcome = evaluate_check(&self.app, &self.cancel, check).await;
+            if health {
+                self.app.runs.health.record(
+                    &self.run_id,
+                    &self.spec.tasks[self.index].plan.id,
+                    &check.name,
+                    self.app.now_ms(),
+                    outcome.ok,
+                    &outcome.observed,
+                );
+            }
             let (ok, observed, reason) = (outcome.ok, outcome.observed, outcome.reason);
             if report.len() < MAX_CHECK_REPORT_BYTES {
                 report.push_str(&format!(

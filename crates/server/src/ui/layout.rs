@@ -342,6 +342,135 @@ pub fn duration_text(ms: u64) -> String {
     }
 }
 
+/// Width of a health chart, in pixels.
+pub const SPARK_WIDTH_PX: u32 = 320;
+/// Height of a health chart, in pixels.
+pub const SPARK_HEIGHT_PX: u32 = 60;
+/// Space around a health chart's plot, in pixels.
+pub const SPARK_PAD_PX: u32 = 6;
+
+/// One observation drawn on a health chart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SparkDot {
+    pub x: u32,
+    pub y: u32,
+    pub ok: bool,
+    pub title: String,
+}
+
+/// A threshold line across a health chart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SparkLine {
+    pub y: u32,
+    pub label: String,
+}
+
+/// A small chart of one health check's observations against its thresholds: numbers as a
+/// line on a value axis that covers them and the thresholds; other observations (a command's
+/// exit) as a row of pass/fail dots.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spark {
+    pub width: u32,
+    pub height: u32,
+    /// `x,y` pairs for an SVG polyline; empty without numbers.
+    pub points: String,
+    pub dots: Vec<SparkDot>,
+    pub thresholds: Vec<SparkLine>,
+    /// The value axis' bounds as text, top and bottom; empty without numbers.
+    pub top: String,
+    pub bottom: String,
+}
+
+/// Lays out `samples` (time in epoch ms, value if a number, passed, observed text), oldest
+/// first, against the thresholds `below` and `above` (a metric check's bounds).
+pub fn spark(
+    samples: &[(i64, Option<f64>, bool, String)],
+    below: Option<f64>,
+    above: Option<f64>,
+) -> Spark {
+    let (w, h, pad) = (SPARK_WIDTH_PX, SPARK_HEIGHT_PX, SPARK_PAD_PX);
+    let mut spark = Spark {
+        width: w,
+        height: h,
+        points: String::new(),
+        dots: Vec::new(),
+        thresholds: Vec::new(),
+        top: String::new(),
+        bottom: String::new(),
+    };
+    if samples.is_empty() {
+        return spark;
+    }
+    let first = samples.iter().map(|s| s.0).min().unwrap_or(0);
+    let last = samples.iter().map(|s| s.0).max().unwrap_or(0);
+    let span = (last - first).max(1) as f64;
+    let plot_w = f64::from(w - 2 * pad);
+    let plot_h = f64::from(h - 2 * pad);
+    let x_of = |at: i64| {
+        if samples.len() == 1 {
+            pad + (w - 2 * pad) / 2
+        } else {
+            pad + ((at - first) as f64 / span * plot_w).round() as u32
+        }
+    };
+    let numbers: Vec<f64> = samples
+        .iter()
+        .filter_map(|s| s.1)
+        .chain(below)
+        .chain(above)
+        .collect();
+    let numeric = samples.iter().any(|s| s.1.is_some());
+    if !numeric {
+        for (at, _, ok, observed) in samples {
+            spark.dots.push(SparkDot {
+                x: x_of(*at),
+                y: h / 2,
+                ok: *ok,
+                title: observed.clone(),
+            });
+        }
+        return spark;
+    }
+    let mut low = numbers.iter().copied().fold(f64::INFINITY, f64::min);
+    let mut high = numbers.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if (high - low).abs() < f64::EPSILON {
+        low -= 1.0;
+        high += 1.0;
+    }
+    let margin = (high - low) * 0.1;
+    low -= margin;
+    high += margin;
+    let y_of = |v: f64| pad + ((high - v) / (high - low) * plot_h).round() as u32;
+    let mut points = Vec::new();
+    for (at, value, ok, observed) in samples {
+        let Some(value) = value else { continue };
+        let (x, y) = (x_of(*at), y_of(*value));
+        points.push(format!("{x},{y}"));
+        spark.dots.push(SparkDot {
+            x,
+            y,
+            ok: *ok,
+            title: observed.clone(),
+        });
+    }
+    spark.points = points.join(" ");
+    if let Some(below) = below {
+        spark.thresholds.push(SparkLine {
+            y: y_of(below),
+            label: format!("below {below}"),
+        });
+    }
+    if let Some(above) = above {
+        spark.thresholds.push(SparkLine {
+            y: y_of(above),
+            label: format!("above {above}"),
+        });
+    }
+    spark.top = format!("{high:.3}");
+    spark.bottom = format!("{low:.3}");
+    spark
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,5 +581,25 @@ mod tests {
         assert_eq!(duration_text(7_380_000), "2h 03m");
         assert_eq!(shorten("abcdef", 4), "abc…");
         assert_eq!(shorten("abc", 4), "abc");
+    }
+
+    #[test]
+    fn a_health_chart_covers_values_and_thresholds() {
+        let samples = vec![
+            (1_000, Some(0.01), true, "0.01".to_string()),
+            (2_000, Some(0.02), true, "0.02".to_string()),
+            (3_000, Some(0.09), false, "0.09".to_string()),
+        ];
+        let chart = spark(&samples, Some(0.05), None);
+        assert_eq!(chart.dots.len(), 3);
+        assert_eq!(chart.dots[0].x, SPARK_PAD_PX);
+        assert_eq!(chart.dots[2].x, SPARK_WIDTH_PX - SPARK_PAD_PX);
+        // Higher values are drawn higher (smaller y); the threshold lies between.
+        assert!(chart.dots[2].y < chart.thresholds[0].y);
+        assert!(chart.thresholds[0].y < chart.dots[1].y);
+        assert!(chart.dots.iter().all(|d| d.y <= SPARK_HEIGHT_PX));
+        let exits = spark(&[(5, None, false, "exit 1".to_string())], None, None);
+        assert!(exits.points.is_empty());
+        assert_eq!(exits.dots[0].x, SPARK_WIDTH_PX / 2);
     }
 }

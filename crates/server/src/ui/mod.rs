@@ -2,9 +2,10 @@
 //! `crates/server/templates/`), one small script and one stylesheet embedded in the binary, no
 //! build step and nothing fetched from another site.
 //!
-//! The pages only read. Every control is a form the script sends to the existing JSON API
-//! (`/api/v1/runs/{id}/controls`, `/api/v1/pause`), which enforces roles, reasons and audit as
-//! for any other client; a page leaves out the controls a viewer may not use, but hiding them
+//! The pages only read, through the same functions as the API's handlers. Every control is a
+//! form the script sends to the existing JSON API (`/api/v1/runs/{id}/controls`,
+//! `/api/v1/runbooks/{name}/runs`, `/api/v1/maintenances/{id}/controls`, `/api/v1/pause`),
+//! which enforces roles, reasons and audit as for any other client; a page leaves out the controls a viewer may not use, but hiding them
 //! is a courtesy, not the check. Live updates come from the run's server-sent-event stream.
 //!
 //! Sign-in: with tokens configured, `/ui/login` takes a token and stores it in an HttpOnly,
@@ -15,8 +16,12 @@
 //! Every answer under `/ui/` carries [`CONTENT_SECURITY_POLICY`]: scripts and styles only from
 //! this server, no inline script or style, no framing.
 
+mod fleet;
 mod layout;
+mod machines;
 mod pages;
+mod start;
+mod task;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -33,6 +38,7 @@ use crate::auth::{Caller, UI_COOKIE};
 use crate::error::ApiError;
 
 pub use layout::{GRAPH_LABELLED_MAX_TASKS, GRAPH_MAX_TASKS};
+pub use start::{START_CONFIRM_MIN_TASKS, START_CONFIRM_PURPOSES};
 
 /// What every UI answer allows the browser to load: only this server's own script, style,
 /// images and connections; nothing inline, no plugins, no framing, forms only to this server.
@@ -54,6 +60,15 @@ pub fn router() -> Router<SharedApp> {
         .route("/ui/runs/{id}", get(pages::run))
         .route("/ui/runs/{id}/parts", get(pages::run_parts))
         .route("/ui/runs/{id}/report", get(pages::report))
+        .route("/ui/runs/{id}/tasks/{task}", get(task::task))
+        .route("/ui/runbooks", get(start::runbooks))
+        .route("/ui/runbooks/{name}", get(start::runbook))
+        .route("/ui/fleet", get(fleet::fleet))
+        .route("/ui/maintenances", get(fleet::maintenances))
+        .route("/ui/maintenances/{id}", get(fleet::maintenance))
+        .route("/ui/machines", get(machines::machines))
+        .route("/ui/machines/{id}", get(machines::machine))
+        .route("/ui/definitions/{name}", get(machines::definition))
         .route("/ui/pause", get(pages::pause))
         .route("/ui/login", get(login_page).post(login))
         .route("/ui/logout", post(logout))

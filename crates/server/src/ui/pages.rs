@@ -35,7 +35,7 @@ pub struct Nav {
 }
 
 impl Nav {
-    fn of(app: &SharedApp, caller: &Caller) -> Nav {
+    pub(super) fn of(app: &SharedApp, caller: &Caller) -> Nav {
         Nav {
             user: caller.name.clone(),
             role: caller.role.as_str(),
@@ -76,7 +76,7 @@ pub fn login_form(problem: Option<&str>) -> Response {
     response
 }
 
-fn time_text(ms: Option<i64>) -> String {
+pub(super) fn time_text(ms: Option<i64>) -> String {
     ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
         .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
         .unwrap_or_default()

@@ -58,11 +58,15 @@
     return element ? String(element.value).trim() : '';
   }
 
-  // A dangerous action (abort, skip, the global pause) goes ahead only when its target's
-  // name was typed into the confirmation field.
+  // A dangerous action (abort, skip, the global pause, starting a large or capacity-changing
+  // run, cancelling or approving a maintenance past the blast-radius threshold) goes ahead
+  // only when its target's name was typed into the confirmation field. `data-confirm-for`
+  // lists the actions that need it, separated by spaces.
   function confirmation(form, action) {
     var input = form.querySelector('[data-confirm-for]');
-    if (!input || input.getAttribute('data-confirm-for') !== action) { return null; }
+    if (!input || input.getAttribute('data-confirm-for').split(' ').indexOf(action) < 0) {
+      return null;
+    }
     var expected = input.hasAttribute('data-confirm-task') ? field(form, 'task') :
       input.getAttribute('data-confirm-value');
     if (input.value.trim() !== expected) {
@@ -80,6 +84,7 @@
     var payload = { control: control, reason: field(form, 'reason') };
     var task = field(form, 'task');
     if (task) { payload.task = task; }
+    if (control === 'override_weak_dep') { payload.dep = field(form, 'dep'); }
     if (control === 'set_pace') {
       payload.pace = {};
       if (field(form, 'pace_step')) { payload.pace.step = field(form, 'pace_step'); }
@@ -89,6 +94,7 @@
     say('Sending ' + control + '…', false);
     api('POST', '/api/v1/runs/' + encodeURIComponent(run) + '/controls', payload).then(function () {
       say(control + (task ? ' ' + task : '') + ': done.', false);
+      if (body.getAttribute('data-page') === 'task') { window.location.reload(); return; }
       form.elements.namedItem('reason').value = '';
       var confirmInput = form.elements.namedItem('confirm');
       if (confirmInput) { confirmInput.value = ''; }
@@ -107,12 +113,52 @@
     }, function (error) { say('Refused: ' + error.message, true); });
   }
 
+  // Starts the run whose plan the page shows, with the parameters the plan was made for and
+  // the page's own run name (a second click gets the same run), then opens it.
+  function submitStart(form) {
+    var problem = confirmation(form, 'start');
+    if (problem) { say(problem, true); return; }
+    var runbook = form.getAttribute('data-runbook');
+    var payload = {
+      params: JSON.parse(form.getAttribute('data-params') || '{}'),
+      name: form.getAttribute('data-name')
+    };
+    say('Starting ' + runbook + '…', false);
+    api('POST', '/api/v1/runbooks/' + encodeURIComponent(runbook) + '/runs', payload).then(function (run) {
+      window.location.assign('/ui/runs/' + encodeURIComponent(run.id));
+    }, function (error) { say('Start refused: ' + error.message, true); });
+  }
+
+  function submitMaintenance(form) {
+    var action = field(form, 'action');
+    var problem = confirmation(form, action);
+    if (problem) { say(problem, true); return; }
+    var payload = { action: action, reason: field(form, 'reason') };
+    if (field(form, 'service')) { payload.service = field(form, 'service'); }
+    if (field(form, 'host')) { payload.host = field(form, 'host'); }
+    var id = form.getAttribute('data-maintenance');
+    say('Sending ' + action + '…', false);
+    api('POST', '/api/v1/maintenances/' + encodeURIComponent(id) + '/controls', payload).then(function () {
+      window.location.reload();
+    }, function (error) { say(action + ' refused: ' + error.message, true); });
+  }
+
   document.addEventListener('submit', function (event) {
     var form = event.target;
     var kind = form.getAttribute('data-api');
     if (!kind) { return; }
     event.preventDefault();
     if (kind === 'control') { submitControl(form); } else if (kind === 'pause') { submitPause(form); }
+    else if (kind === 'start') { submitStart(form); } else if (kind === 'maintenance') { submitMaintenance(form); }
+  });
+
+  // Choosing "confirm SERVICE" on a maintenance also chooses the service.
+  document.addEventListener('change', function (event) {
+    if (event.target.id !== 'maint-action') { return; }
+    var option = event.target.selectedOptions[0];
+    var service = option ? option.getAttribute('data-service') : null;
+    var select = document.getElementById('maint-service');
+    if (service && select) { select.value = service; }
   });
 
   // "Steer" in a task's row: fill the task form with it and a likely action, then move the
