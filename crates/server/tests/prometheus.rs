@@ -277,6 +277,31 @@ tasks:
         reason.contains("0.2") && reason.contains("not below 0.05"),
         "{reason}"
     );
+    // The health observations, with the threshold, for the UI's chart: good values passed,
+    // the last one (0.2) failed.
+    let health = server
+        .get(&format!("/api/v1/runs/{id}/tasks/shift/health"))
+        .await
+        .json();
+    assert_eq!(health[0]["check"], "metric", "{health}");
+    assert_eq!(health[0]["below"], json!(0.05), "{health}");
+    let samples = health[0]["samples"].as_array().unwrap();
+    assert!(samples.len() >= 2, "{health}");
+    assert_eq!(samples[0]["ok"], true, "{health}");
+    let last = samples.last().unwrap();
+    assert_eq!(
+        (last["ok"].clone(), last["value"].clone()),
+        (json!(false), json!(0.2))
+    );
+    let page = server.get(&format!("/ui/runs/{id}/tasks/shift")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    for drawn in [
+        "<polyline class=\"values\"",
+        "<line class=\"threshold\"",
+        "<circle class=\"bad\"",
+    ] {
+        assert!(page.body.contains(drawn), "the task page draws no {drawn}");
+    }
     let reached = shift(&stalled)["step"].as_u64().unwrap();
     assert!(
         reached < 10,

@@ -68,6 +68,9 @@ struct TaskPage {
     outputs: Vec<OutputRow>,
     /// Weak dependencies (`after`) not yet overridden.
     weak_deps: Vec<String>,
+    /// The journal `seq` the page is current with: the script follows the run's events
+    /// after it and reloads the page when this task changes.
+    after_seq: i64,
 }
 
 fn event_row(record: &levee_store::JournalRecord) -> EventRow {
@@ -114,6 +117,29 @@ async fn task_page(
     id: &str,
     task: &str,
 ) -> Result<TaskPage, ApiError> {
+    // The run's journal, page by page, keeping this task's entries (bounded). Read before
+    // the run, so the live stream that starts after it misses nothing the page does not show.
+    let mut mine = Vec::new();
+    let mut after = 0;
+    let mut scanned = 0;
+    loop {
+        let page = app
+            .store
+            .run_journal(id, after, JOURNAL_SCAN_PAGE_ROWS)
+            .await?;
+        scanned += page.len();
+        let full = page.len() >= JOURNAL_SCAN_PAGE_ROWS as usize;
+        if let Some(last) = page.last() {
+            after = last.seq;
+        }
+        mine.extend(
+            page.into_iter()
+                .filter(|r| r.entry.task.as_deref() == Some(task)),
+        );
+        if !full || scanned >= TASK_JOURNAL_SCAN_MAX_ROWS {
+            break;
+        }
+    }
     let view = app.run_view(caller, id).await?;
     let t = view
         .tasks
@@ -169,28 +195,6 @@ async fn task_page(
         })
         .collect();
 
-    // The run's journal, page by page, keeping this task's entries (bounded).
-    let mut mine = Vec::new();
-    let mut after = 0;
-    let mut scanned = 0;
-    loop {
-        let page = app
-            .store
-            .run_journal(id, after, JOURNAL_SCAN_PAGE_ROWS)
-            .await?;
-        scanned += page.len();
-        let full = page.len() >= JOURNAL_SCAN_PAGE_ROWS as usize;
-        if let Some(last) = page.last() {
-            after = last.seq;
-        }
-        mine.extend(
-            page.into_iter()
-                .filter(|r| r.entry.task.as_deref() == Some(task)),
-        );
-        if !full || scanned >= TASK_JOURNAL_SCAN_MAX_ROWS {
-            break;
-        }
-    }
     let steps = mine
         .iter()
         .filter(|r| {
@@ -250,6 +254,7 @@ async fn task_page(
         events_cut,
         outputs,
         weak_deps,
+        after_seq: after,
         t,
     })
 }

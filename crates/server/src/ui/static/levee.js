@@ -8,6 +8,9 @@
   // After a burst of live changes, the page re-reads its live parts from the server this much
   // later (milliseconds), so what it shows is the committed state, not only what it inferred.
   var RECONCILE_DELAY_MS = 1500;
+  // How long a task page waits after a change of its task before showing it anew, so a burst
+  // of entries costs one reload (milliseconds).
+  var TASK_RELOAD_DELAY_MS = 300;
   // How often the runs list re-reads the runs (milliseconds).
   var RUNS_REFRESH_MS = 2000;
   var ENDED = { succeeded: true, failed: true, aborted: true };
@@ -407,9 +410,34 @@
     return Math.floor(ms / 3600000) + 'h ' + String(Math.floor((ms % 3600000) / 60000)).padStart(2, '0') + 'm';
   }
 
+  // A task page follows its run's events and shows the task anew when it changes, unless
+  // the operator is typing into its form (then it only says so).
+  function followTask(run, task) {
+    var source = new EventSource('/api/v1/runs/' + encodeURIComponent(run) + '/events?after=' +
+      encodeURIComponent(body.getAttribute('data-after') || '0'));
+    var timer = null;
+    source.addEventListener('journal', function (event) {
+      var entry = JSON.parse(event.data);
+      if (entry.task !== task || timer !== null) { return; }
+      timer = setTimeout(function () {
+        var typing = document.activeElement && document.activeElement.form &&
+          String(document.activeElement.value || '') !== '';
+        if (typing) {
+          say('This task changed since the page was shown; reload to see it.', false);
+          timer = null;
+        } else {
+          source.close();
+          window.location.reload();
+        }
+      }, TASK_RELOAD_DELAY_MS);
+    });
+  }
+
   var page = body.getAttribute('data-page');
   if (page === 'run' && body.getAttribute('data-run')) {
     followRun(body.getAttribute('data-run'));
+  } else if (page === 'task') {
+    followTask(body.getAttribute('data-run-id'), body.getAttribute('data-task'));
   } else if (page === 'runs') {
     setInterval(refreshRuns, RUNS_REFRESH_MS);
   }
