@@ -116,7 +116,13 @@ async fn pages_escape_task_output_and_carry_a_strict_policy() {
         format!("/ui/runs/{run}"),
         format!("/ui/runs/{run}/parts"),
         format!("/ui/runs/{run}/report"),
+        format!("/ui/runs/{run}/tasks/shift"),
         "/ui/pause".to_string(),
+        "/ui/runbooks".to_string(),
+        "/ui/runbooks/hostile?plan=1".to_string(),
+        "/ui/fleet".to_string(),
+        "/ui/maintenances".to_string(),
+        "/ui/machines".to_string(),
     ] {
         let page = get_page(&server, &path, None).await;
         assert_eq!(page.status(), StatusCode::OK, "{path}");
@@ -294,4 +300,96 @@ async fn sign_in_sets_a_strict_http_only_cookie_that_needs_the_ui_header_to_chan
             .unwrap()
             .contains("Max-Age=0")
     );
+}
+
+/// A runbook with typed parameters, for the start page.
+const TYPED_YAML: &str = "\
+kind: Runbook
+name: typed
+params:
+  count: { type: int, required: true }
+  mode: { type: enum, values: [fast, careful], default: careful }
+tasks:
+  - id: one
+    stage: log
+    with: { message: \"{{ params.count }} {{ params.mode }}\" }
+";
+
+#[tokio::test]
+async fn the_start_page_shows_the_plan_only_for_valid_parameters_and_only_operators_may_start() {
+    let server = start().await;
+    let admin = create_token(&server, None, "admin", "admin").await;
+    let viewer = create_token(&server, Some(&admin), "wall", "viewer").await;
+    let operator = create_token(&server, Some(&admin), "alice", "operator").await;
+    let applied = server
+        .apply_as(Some(&admin), "typed.yaml", TYPED_YAML)
+        .await;
+    assert_eq!(applied.status, StatusCode::OK, "{}", applied.body);
+
+    // The form offers each parameter by its type: the enum's values, the default chosen.
+    let page = get_page(&server, "/ui/runbooks/typed", Some(&operator)).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("name=\"p.count\""), "{html}");
+    assert!(
+        html.contains("<option value=\"careful\" selected>"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("id=\"plan\""),
+        "a plan before asking: {html}"
+    );
+
+    // A value of the wrong type: the parameter error, escaped, and no way to start.
+    let page = get_page(
+        &server,
+        "/ui/runbooks/typed?plan=1&p.count=%3Cb%3Ethree",
+        Some(&operator),
+    )
+    .await;
+    let html = page.text().await.unwrap();
+    assert!(html.contains("id=\"plan-problem\""), "{html}");
+    assert!(html.contains("count"), "{html}");
+    assert!(!html.contains("<b>three"), "markup let through: {html}");
+    assert!(!html.contains("id=\"start-form\""), "{html}");
+
+    // Valid values: the plan, and for an operator the start form with the bound values.
+    let page = get_page(
+        &server,
+        "/ui/runbooks/typed?plan=1&p.count=3&p.mode=fast",
+        Some(&operator),
+    )
+    .await;
+    let html = page.text().await.unwrap();
+    assert!(html.contains("id=\"plan\""), "{html}");
+    assert!(html.contains("data-plan-task=\"one\""), "{html}");
+    assert!(html.contains("id=\"start-form\""), "{html}");
+    assert!(
+        html.contains(
+            "data-params=\"{&#34;count&#34;:&#34;3&#34;,&#34;mode&#34;:&#34;fast&#34;}\""
+        ) || html.contains("&quot;count&quot;:&quot;3&quot;"),
+        "{html}"
+    );
+    // One task, purpose `other`: no name to type.
+    assert!(!html.contains("id=\"start-confirm\""), "{html}");
+
+    // A viewer sees the plan but not the start form, and the API refuses it anyway.
+    let page = get_page(
+        &server,
+        "/ui/runbooks/typed?plan=1&p.count=3",
+        Some(&viewer),
+    )
+    .await;
+    let html = page.text().await.unwrap();
+    assert!(html.contains("id=\"plan\""), "{html}");
+    assert!(!html.contains("id=\"start-form\""), "{html}");
+    let refused = server
+        .send(
+            Method::POST,
+            "/api/v1/runbooks/typed/runs",
+            Some(&viewer),
+            Some(&json!({ "params": { "count": "3" } })),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
 }
