@@ -827,8 +827,27 @@ async fn operators_start_a_runbook_with_its_plan_steer_tasks_and_approve_mainten
     assert!(said.contains("type \"m-b\""), "{said}");
     browser.fill("#maint-confirm", "m-b").await;
     browser.click("#maint-form button[type=submit]").await;
+    // The control is recorded at once; the driver then moves the maintenance on, which the
+    // page shows when it is read again.
+    let recorded = Instant::now() + Duration::from_millis(PAGE_WAIT_MS);
+    loop {
+        let m = server
+            .send(Method::GET, "/api/v1/maintenances/m-b", Some(&admin), None)
+            .await
+            .json();
+        if m["details"]["approved"]["by"] == "bob" {
+            break;
+        }
+        assert!(Instant::now() < recorded, "the approval never landed: {m}");
+        tokio::time::sleep(Duration::from_millis(PAGE_POLL_MS)).await;
+    }
     let deadline = Instant::now() + Duration::from_millis(PAGE_WAIT_MS);
     loop {
+        browser
+            .client
+            .goto(&server.url("/ui/maintenances/m-b"))
+            .await
+            .unwrap();
         let state = browser.text("#maint-state").await.unwrap_or_default();
         if !state.is_empty() && state != "blocked" {
             break;
