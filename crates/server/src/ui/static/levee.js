@@ -11,6 +11,8 @@
   // How long a task page waits after a change of its task before showing it anew, so a burst
   // of entries costs one reload (milliseconds).
   var TASK_RELOAD_DELAY_MS = 300;
+  // How often a maintenance's page re-reads itself while it goes on (milliseconds).
+  var MAINTENANCE_REFRESH_MS = 3000;
   // How often the runs list re-reads the runs (milliseconds).
   var RUNS_REFRESH_MS = 2000;
   var ENDED = { succeeded: true, failed: true, aborted: true };
@@ -433,11 +435,31 @@
     });
   }
 
+  // A maintenance's page re-reads itself while the maintenance goes on (the driver moves it
+  // in the background), leaving it alone while the operator fills its form.
+  function refreshMaintenance() {
+    var form = document.getElementById('maint-form');
+    var busy = form && (form.contains(document.activeElement) ||
+      field(form, 'reason') !== '' || field(form, 'confirm') !== '');
+    if (busy) { return; }
+    fetch(window.location.href, { credentials: 'same-origin' })
+      .then(function (response) { return response.ok ? response.text() : Promise.reject(response.status); })
+      .then(function (html) {
+        var fresh = new DOMParser().parseFromString(html, 'text/html');
+        var now = document.getElementById('main');
+        var next = fresh.getElementById('main');
+        if (now && next && now.innerHTML !== next.innerHTML) { now.innerHTML = next.innerHTML; }
+      })
+      .catch(function (error) { say('Could not refresh the page: ' + error, true); });
+  }
+
   var page = body.getAttribute('data-page');
   if (page === 'run' && body.getAttribute('data-run')) {
     followRun(body.getAttribute('data-run'));
   } else if (page === 'task') {
     followTask(body.getAttribute('data-run-id'), body.getAttribute('data-task'));
+  } else if (page === 'maintenance' && body.getAttribute('data-ended') !== 'true') {
+    setInterval(refreshMaintenance, MAINTENANCE_REFRESH_MS);
   } else if (page === 'runs') {
     setInterval(refreshRuns, RUNS_REFRESH_MS);
   }
