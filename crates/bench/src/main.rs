@@ -44,6 +44,26 @@ enum Command {
     /// Plans evacuation runbooks from generated call graphs (1,000 services by default),
     /// next to the time to merely read the graph's JSON.
     Deps(DepsArgs),
+    /// The generated evacuation of a simulated fleet in virtual time: its makespan next to
+    /// the critical-path lower bound of the same DAG with the same task durations, planning
+    /// a large graph, and (with `--levee`) the wall time of `levee demo --exit`.
+    Evacuate(EvacuateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct EvacuateArgs {
+    /// Services in the rehearsed fleet.
+    #[arg(long, default_value_t = 100)]
+    services: usize,
+    /// Services in the graph whose planning is timed.
+    #[arg(long, default_value_t = 1_000)]
+    plan_services: usize,
+    /// Times the planning is repeated (the median is printed).
+    #[arg(long, default_value_t = 9)]
+    repeats: usize,
+    /// A `levee` binary (`target/release/levee`) whose `levee demo --exit` is timed.
+    #[arg(long)]
+    levee: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -201,7 +221,102 @@ async fn run(cli: Cli) -> Result<()> {
             run_deps(&args);
             Ok(())
         }
+        Command::Evacuate(args) => run_evacuate(args).await,
     }
+}
+
+/// Seed of the rehearsed fleet (the demo's).
+const EVACUATE_SEED: u64 = 7;
+/// The goal: makespan within this factor of the critical-path lower bound.
+const MAKESPAN_GOAL_RATIO: f64 = 1.05;
+/// The goal for planning the large graph, in milliseconds.
+const PLAN_GOAL_MS: f64 = 1_000.0;
+
+async fn run_evacuate(args: EvacuateArgs) -> Result<()> {
+    use levee_sim::rehearsal::{Pace, Scenario, critical_path_bound_ms, rehearse_blocking};
+    let datacenters = ["east", "west", "central"];
+    let scenario = Scenario::generated(
+        args.services,
+        &datacenters,
+        "east",
+        EVACUATE_SEED,
+        &Pace::production(),
+    )?;
+    let dir = tempfile::tempdir()?;
+    let database = dir.path().join("rehearsal.db");
+    let rehearsal =
+        tokio::task::spawn_blocking(move || rehearse_blocking(&scenario, database, 0, &mut |_| {}))
+            .await??;
+    println!(
+        "Evacuation rehearsal in virtual time: {} services, production pace, seed {EVACUATE_SEED}",
+        args.services
+    );
+    for run in &rehearsal.runs {
+        let makespan = run.makespan_ms();
+        let bound = critical_path_bound_ms(&run.view);
+        let ratio = makespan as f64 / bound.max(1) as f64;
+        println!(
+            "  {:<15} {}: makespan {:.1} min, critical-path bound {:.1} min, ratio {ratio:.4} \
+             (goal <= {MAKESPAN_GOAL_RATIO}: {})",
+            run.runbook,
+            run.view.status,
+            makespan as f64 / 60_000.0,
+            bound as f64 / 60_000.0,
+            if ratio <= MAKESPAN_GOAL_RATIO {
+                "ok"
+            } else {
+                "MISS"
+            }
+        );
+    }
+    let virtual_ms: u64 = rehearsal.runs.iter().map(|r| r.makespan_ms()).sum();
+    println!(
+        "  wall time {:.2} s for {:.1} min of virtual time ({:.0}x faster than real time)",
+        rehearsal.wall_ms as f64 / 1_000.0,
+        virtual_ms as f64 / 60_000.0,
+        virtual_ms as f64 / rehearsal.wall_ms.max(1) as f64
+    );
+    let edges = levee_sim::deps::generated_graph(args.plan_services, 42);
+    let plan_ms = median_ms(args.repeats, || {
+        let plan = levee_sim::deps::plan_drain(&edges, &[]).expect("the generated graph plans");
+        std::hint::black_box(levee_sim::deps::runbook_yaml(
+            &plan,
+            "evacuate",
+            "shift-out",
+            levee_sim::deps::Direction::Evacuate,
+        ));
+    });
+    println!(
+        "Planning a {}-service graph into an evacuation runbook: {plan_ms:.2} ms (goal < \
+         {PLAN_GOAL_MS} ms: {}; {:.4} of the goal)",
+        args.plan_services,
+        if plan_ms < PLAN_GOAL_MS { "ok" } else { "MISS" },
+        plan_ms / PLAN_GOAL_MS
+    );
+    if let Some(levee) = &args.levee {
+        let levee = std::fs::canonicalize(levee)
+            .with_context(|| format!("no levee binary at {}", levee.display()))?;
+        let dir = tempfile::tempdir()?;
+        let started = std::time::Instant::now();
+        let output = std::process::Command::new(&levee)
+            .args(["demo", "--exit", "--listen", "127.0.0.1:0"])
+            .current_dir(dir.path())
+            .env("LEVEE_LOG", "warn")
+            .output()?;
+        let wall = started.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            output.status.success(),
+            "levee demo --exit failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        println!(
+            "levee demo --exit (evacuate and restore {} services in virtual time, from a fresh \
+             directory): {wall:.2} s wall",
+            100
+        );
+    }
+    Ok(())
 }
 
 /// Median wall time of `repeats` runs of `f`, in milliseconds.

@@ -61,6 +61,9 @@ pub enum Command {
     /// Evacuates a datacenter of a simulated fleet, live, on the embedded database: the
     /// quickest way to see what Levee does. Keeps serving afterwards until Ctrl-C.
     Demo(crate::demo::DemoArgs),
+    /// The simulated fleet: `levee sim evacuate` rehearses an evacuation in virtual time.
+    #[command(subcommand)]
+    Sim(crate::demo::SimCommand),
     /// Checks definition files offline, without a server; exits 1 if any has an error.
     Validate(ValidateArgs),
     /// Stores definition files on the server and creates the machines they declare.
@@ -443,6 +446,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             .map_err(CliError::from),
         Command::Deps(command) => crate::deps::deps(command).await,
         Command::Demo(args) => crate::demo::run(args).await.map_err(CliError::from),
+        Command::Sim(command) => crate::demo::sim(command).await.map_err(CliError::from),
         Command::Validate(args) => Ok(validate(&args)),
         Command::Apply(args) => apply(&args).await,
         Command::Plan(args) => plan(&args).await,

@@ -1,16 +1,29 @@
-//! `levee demo`: Levee's main job on the embedded database, in one command. It starts a
-//! server on a SQLite file with a generated simulated fleet (three datacenters, about 100
-//! services of the four traffic kinds, a layered call graph), generates the evacuation and
-//! restore runbooks from the call graph (`levee deps plan`), stores them with the templates
-//! of `examples/demo/evacuate.yaml`, evacuates `east` and restores it live in the terminal
-//! (paced traffic shifts gated on the simulated error ratios), prints each report (critical
-//! path, speedup) and the time per phase, and keeps serving so the runs can be looked at.
+//! `levee demo`: Levee's main job on the embedded database, in one command. It takes a
+//! generated simulated fleet (three datacenters, about 100 services of the four traffic
+//! kinds, a layered call graph), generates the evacuation and restore runbooks from the call
+//! graph (`levee deps plan`), stores them with the templates of
+//! `examples/demo/evacuate.yaml`, evacuates `east` and restores it (paced traffic shifts
+//! gated on the simulated error ratios), prints each report (critical path, speedup) and the
+//! time per phase, and keeps serving so the runs can be looked at.
+//!
+//! By default the runs are a rehearsal in virtual time (`levee_sim::rehearsal`): the same
+//! server and engine on a paused clock, at a production pace (a minute per weight step,
+//! sessions that take minutes to end), so an hour of evacuation takes seconds; progress is
+//! printed in virtual time. `--real-time` runs them live at a quick pace instead, through a
+//! server on a socket, as `levee run --wait` would. `levee sim evacuate` is the rehearsal
+//! alone.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use levee_server::{App, AppOptions, SystemClock};
+use levee_sim::rehearsal::{
+    EVACUATE_RUNBOOK, Pace, Progress, RESTORE_RUNBOOK, Scenario, critical_path_bound_ms,
+    rehearse_blocking,
+};
 use levee_sim::{Sim, SimHandle, SimSpec, deps};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -18,10 +31,7 @@ use serde_json::{Value, json};
 use crate::commands::{Output, OutputArgs, ServerArgs};
 use crate::runs::{RunArgs, RunIdArgs};
 
-/// The runbooks the demo runs; the file a reader opens is the file that runs.
-const DEMO_YAML: &str = include_str!("../../../examples/demo/evacuate.yaml");
-/// The file name the demo's definitions are stored under.
-const DEMO_FILE: &str = "examples/demo/evacuate.yaml";
+use levee_sim::rehearsal::{DEMO_FILE, DEMO_YAML};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -41,6 +51,190 @@ pub struct DemoArgs {
     /// Services in the generated fleet.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(4..=2_000))]
     pub services: u64,
+    /// Run live, in real time at a quick pace (seconds per step), instead of rehearsing in
+    /// virtual time at a production pace.
+    #[arg(long)]
+    pub real_time: bool,
+}
+
+/// `levee sim ...`: the simulated fleet.
+#[derive(clap::Subcommand, Debug)]
+pub enum SimCommand {
+    /// Rehearses the generated evacuation and restore of a datacenter in virtual time (the
+    /// server and engine on a paused clock) and prints the reports; exits 0 only if both
+    /// runs succeeded.
+    Evacuate(EvacuateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EvacuateArgs {
+    /// The store: a SQLite file, created if missing.
+    #[arg(long, default_value = "sqlite://levee-sim.db")]
+    pub database: String,
+    /// The datacenter to evacuate (and then restore): `east`, `west` or `central`.
+    #[arg(long, default_value = "east")]
+    pub dc: String,
+    /// Services in the generated fleet.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(4..=2_000))]
+    pub services: u64,
+    /// Seed of the generated fleet and call graph.
+    #[arg(long, default_value_t = DEMO_SEED)]
+    pub seed: u64,
+    /// Watched time after each weight step, in virtual time.
+    #[arg(long, default_value = "1m")]
+    pub wait: String,
+}
+
+pub async fn sim(command: SimCommand) -> anyhow::Result<u8> {
+    match command {
+        SimCommand::Evacuate(args) => {
+            sqlite_path(&args.database)?;
+            let pace = Pace {
+                wait: args.wait.clone(),
+                ..Pace::production()
+            };
+            let scenario = Scenario::generated(
+                args.services as usize,
+                &DEMO_DATACENTERS,
+                &args.dc,
+                args.seed,
+                &pace,
+            )?;
+            print_fleet(&scenario, &args.database);
+            let (code, _) = rehearse_and_print(scenario, &args.database).await?;
+            Ok(code)
+        }
+    }
+}
+
+/// A SQLite URL's file.
+fn sqlite_path(url: &str) -> anyhow::Result<PathBuf> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "a rehearsal runs on the embedded database: give --database sqlite://PATH, \
+                 not `{url}` (or use --real-time)"
+            )
+        })?;
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() {
+        anyhow::bail!("the database URL `{url}` names no file: use sqlite://PATH");
+    }
+    Ok(PathBuf::from(path))
+}
+
+fn print_fleet(scenario: &Scenario, database: &str) {
+    let kinds = scenario.kinds();
+    println!(
+        "Levee demo: a simulated fleet of {} services ({} stateless, {} sticky, {} replicated, \
+         {} stateful) in {}, {} call edges; stored in {}",
+        scenario.plan.drain_after.len(),
+        kinds[0],
+        kinds[1],
+        kinds[2],
+        kinds[3],
+        DEMO_DATACENTERS.join(", "),
+        scenario.edges.len(),
+        database
+    );
+    println!(
+        "  drain order from the call graph: {} user-facing entry points first, {} shared \
+         components after all their callers; longest chain {} services",
+        scenario.plan.entry_points.len(),
+        scenario.plan.shared.len(),
+        scenario.plan.critical_path.len()
+    );
+}
+
+/// Rehearses `scenario` in virtual time on the SQLite file of `database`, printing progress,
+/// each run's summary and report, and the time per phase. The exit code is 0 only if both
+/// runs succeeded.
+async fn rehearse_and_print(scenario: Scenario, database: &str) -> anyhow::Result<(u8, Scenario)> {
+    let path = sqlite_path(database)?;
+    let dc = scenario.params.get("dc").cloned().unwrap_or_default();
+    let wait = scenario.params.get("wait").cloned().unwrap_or_default();
+    println!(
+        "Rehearsing in virtual time (a paused clock; {wait} per weight step); progress in \
+         virtual time:"
+    );
+    for runbook in [EVACUATE_RUNBOOK, RESTORE_RUNBOOK] {
+        println!("  {runbook}: levee run {runbook} -p dc={dc} --wait (in virtual time)");
+    }
+    let start_ms = jiff::Timestamp::now().as_millisecond();
+    let (scenario, rehearsal) = tokio::task::spawn_blocking(move || {
+        let mut progress = |p: &Progress| {
+            println!(
+                "  [{:>9}] {:<15} {} of {} done, {} running{}",
+                crate::runs::human_s(p.virtual_ms),
+                p.runbook,
+                p.done,
+                p.total,
+                p.running,
+                if p.stalled > 0 {
+                    format!(", {} stalled or failed", p.stalled)
+                } else {
+                    String::new()
+                }
+            );
+        };
+        let rehearsal = rehearse_blocking(&scenario, path, start_ms, &mut progress);
+        (scenario, rehearsal)
+    })
+    .await?;
+    let rehearsal = rehearsal?;
+    println!();
+    let mut outcome = 0;
+    let mut phases = Vec::new();
+    for run in &rehearsal.runs {
+        print!("{}", crate::runs::final_summary(&run.view, run.read_at_ms));
+        let report: crate::runs::ReportView = serde_json::from_value(run.report.clone())?;
+        let durations: HashMap<String, u64> = run
+            .view
+            .tasks
+            .iter()
+            .filter_map(|t| {
+                let ms = t.finished_at_ms? - t.started_at_ms?;
+                Some((t.id.clone(), u64::try_from(ms).ok()?))
+            })
+            .collect();
+        println!();
+        print!("{}", crate::runs::report_text(&report, &durations));
+        let bound = critical_path_bound_ms(&run.view);
+        println!(
+            "Critical-path lower bound: {} (makespan / bound: {:.3})",
+            crate::runs::human_s(bound),
+            report.makespan_ms as f64 / bound.max(1) as f64
+        );
+        println!();
+        phases.extend(scenario.phase_times(&run.runbook, &run.view));
+        if !run.succeeded() {
+            outcome = 1;
+        }
+    }
+    if rehearsal.runs.len() < 2 {
+        outcome = 1;
+    }
+    print_phases(&phases);
+    println!(
+        "Rehearsed {} of virtual time in {:.1}s of wall time.",
+        crate::runs::human_s(rehearsal.runs.iter().map(|r| r.makespan_ms()).sum::<u64>()),
+        rehearsal.wall_ms as f64 / 1_000.0
+    );
+    Ok((outcome, scenario))
+}
+
+fn print_phases(phases: &[(String, i64)]) {
+    if !phases.is_empty() {
+        println!("Time per phase");
+        for (phase, ms) in phases {
+            println!(
+                "  {phase:<48} {:>10}",
+                crate::runs::human_s(u64::try_from(*ms).unwrap_or(0))
+            );
+        }
+    }
 }
 
 /// Datacenters of the generated fleet.
@@ -60,6 +254,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
             DEMO_DATACENTERS.join(", "),
             args.dc
         );
+    }
+    if !args.real_time {
+        return run_virtual(args).await;
     }
     let (spec, edges) = SimSpec::generated(args.services as usize, &DEMO_DATACENTERS, DEMO_SEED);
     let plan = deps::plan_drain(&edges, &[]).map_err(anyhow::Error::msg)?;
@@ -219,6 +416,59 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
     }
     let _ = stop.send(());
     let _ = server.await;
+    Ok(outcome)
+}
+
+/// The demo in virtual time: the rehearsal, then (without `--exit`) a server on the same
+/// file, so the runs can be looked at in the UI and API.
+async fn run_virtual(args: DemoArgs) -> anyhow::Result<u8> {
+    let scenario = Scenario::generated(
+        args.services as usize,
+        &DEMO_DATACENTERS,
+        &args.dc,
+        DEMO_SEED,
+        &Pace::production(),
+    )?;
+    print_fleet(&scenario, &args.database);
+    // Bind first: a taken address is better found before the rehearsal than after it.
+    let listener = if args.exit {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind(args.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {} (is a Levee already serving there?); pick another \
+                         address with --listen 127.0.0.1:PORT",
+                        args.listen
+                    )
+                })?,
+        )
+    };
+    println!();
+    let (outcome, scenario) = rehearse_and_print(scenario, &args.database).await?;
+    let Some(listener) = listener else {
+        return Ok(outcome);
+    };
+    // The runs are over: the server only shows them, in real time.
+    let store = crate::serve::open_store(&args.database).await?;
+    let sim =
+        SimHandle::on_tokio_clock(Sim::new(scenario.spec.clone()).map_err(anyhow::Error::msg)?);
+    let options = AppOptions {
+        metric_source: Some(Arc::new(sim.clone())),
+        traffic_backends: vec![Arc::new(sim)],
+        ..AppOptions::default()
+    };
+    let app = App::open(store, Arc::new(SystemClock), options).await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    println!("Levee is serving the rehearsed runs at {base}; Ctrl-C to stop.");
+    println!("  API:      {base}/api/v1/runs");
+    println!("  UI:       {base}/ui/");
+    levee_server::serve(listener, app, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
     Ok(outcome)
 }
 

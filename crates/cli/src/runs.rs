@@ -396,7 +396,7 @@ async fn get_run(client: &Client, id: &str) -> Result<(RunView, Value), CliError
 }
 
 /// `1.5s`, `12s`, `1m 5s`: elapsed times in whole seconds once past one.
-fn human_s(ms: u64) -> String {
+pub(crate) fn human_s(ms: u64) -> String {
     if ms < 1_000 {
         human_ms(ms)
     } else {

@@ -7,9 +7,34 @@ use std::process::Command;
 
 #[test]
 fn the_demo_evacuates_and_restores_a_datacenter_and_reports_each_phase() {
+    let stdout = demo(&[]);
+    // By default in virtual time, at a production pace: progress in virtual time, and a
+    // schedule as short as the dependency graph allows.
+    assert!(stdout.contains("Rehearsing in virtual time"), "{stdout}");
+    assert!(
+        stdout.contains("evacuate-fleet: web (stateless user-facing)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("(makespan / bound: 1.0").count(),
+        2,
+        "{stdout}"
+    );
+}
+
+#[test]
+fn the_demo_in_real_time_runs_live_through_a_server() {
+    let stdout = demo(&["--real-time"]);
+    assert!(!stdout.contains("virtual time"), "{stdout}");
+}
+
+/// Runs `levee demo --exit` with `extra` arguments in a fresh directory, checks what every
+/// demo prints, and returns its output.
+fn demo(extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_levee"))
         .args(["demo", "--exit", "--listen", "127.0.0.1:0"])
+        .args(extra)
         .current_dir(dir.path())
         .env("LEVEE_LOG", "warn")
         .output()
@@ -40,4 +65,5 @@ fn the_demo_evacuates_and_restores_a_datacenter_and_reports_each_phase() {
     );
     assert_eq!(stdout.matches("100/100 done").count(), 2, "{stdout}");
     assert!(dir.path().join("levee-demo.db").exists());
+    stdout.into_owned()
 }

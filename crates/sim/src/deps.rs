@@ -349,7 +349,8 @@ pub enum Direction {
     Restore,
 }
 
-fn task_id(service: &str) -> String {
+/// The task id a generated runbook gives a service's task.
+pub fn task_id(service: &str) -> String {
     let id: String = service
         .chars()
         .map(|c| {
@@ -382,6 +383,36 @@ pub fn runbook_yaml_with_health(
     direction: Direction,
     health: Option<(&str, f64)>,
 ) -> String {
+    runbook_yaml_with(
+        plan,
+        name,
+        template,
+        direction,
+        &RunbookOptions {
+            health,
+            ..RunbookOptions::default()
+        },
+    )
+}
+
+/// What a generated runbook holds besides one task per service.
+#[derive(Clone, Debug, Default)]
+pub struct RunbookOptions<'a> {
+    /// Gate each task on `max(METRIC{service="S"}) < BELOW`.
+    pub health: Option<(&'a str, f64)>,
+    /// Runbook parameters (name, default value) that every task passes on to its template
+    /// under the same name, such as a pace: `wait: "{{ params.wait }}"`.
+    pub pass_params: Vec<(&'a str, &'a str)>,
+}
+
+/// [`runbook_yaml`] with [`RunbookOptions`].
+pub fn runbook_yaml_with(
+    plan: &DrainPlan,
+    name: &str,
+    template: &str,
+    direction: Direction,
+    options: &RunbookOptions<'_>,
+) -> String {
     let mut needs: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (service, before) in &plan.drain_after {
         needs.entry(service.as_str()).or_default();
@@ -413,8 +444,17 @@ pub fn runbook_yaml_with_health(
         }
     }
     out.push_str(&format!(
-        "kind: Runbook\nname: {name}\nparams:\n  dc: {{ required: true }}\nmax_parallel: 64\ntasks:\n"
+        "kind: Runbook\nname: {name}\nparams:\n  dc: {{ required: true }}\n"
     ));
+    for (param, default) in &options.pass_params {
+        out.push_str(&format!("  {param}: {{ default: \"{default}\" }}\n"));
+    }
+    out.push_str("max_parallel: 64\ntasks:\n");
+    let passed: String = options
+        .pass_params
+        .iter()
+        .map(|(param, _)| format!(", {param}: \"{{{{ params.{param} }}}}\""))
+        .collect();
     for (service, before) in &needs {
         out.push_str(&format!(
             "  - id: {}\n    template: {template}\n",
@@ -427,9 +467,9 @@ pub fn runbook_yaml_with_health(
             out.push_str(&format!("    needs: [{}]\n", ids.join(", ")));
         }
         out.push_str(&format!(
-            "    with: {{ service: \"{service}\", dc: \"{{{{ params.dc }}}}\" }}\n"
+            "    with: {{ service: \"{service}\", dc: \"{{{{ params.dc }}}}\"{passed} }}\n"
         ));
-        if let Some((metric, below)) = health {
+        if let Some((metric, below)) = options.health {
             out.push_str(&format!(
                 "    health:\n      - metric: {{ query: 'max({metric}{{service=\"{service}\"}})', below: {below} }}\n"
             ));

@@ -19,6 +19,7 @@
 //! - with every weight at zero, the whole demand is unserved.
 
 pub mod deps;
+pub mod rehearsal;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -75,6 +76,15 @@ pub struct ServiceSpec {
 pub struct SimSpec {
     pub datacenters: Vec<String>,
     pub services: Vec<ServiceSpec>,
+    /// How long sticky sessions take to fall by about two thirds once no new ones arrive, in
+    /// milliseconds ([`SESSION_DECAY_MS`] unless set: a real-time demo; a rehearsal in
+    /// virtual time uses minutes, as real sessions do).
+    #[serde(default = "default_session_decay_ms")]
+    pub session_decay_ms: f64,
+}
+
+fn default_session_decay_ms() -> f64 {
+    SESSION_DECAY_MS
 }
 
 impl SimSpec {
@@ -140,6 +150,7 @@ impl SimSpec {
             SimSpec {
                 datacenters: datacenters.iter().map(|d| d.to_string()).collect(),
                 services: specs,
+                session_decay_ms: SESSION_DECAY_MS,
             },
             edges,
         )
@@ -159,6 +170,7 @@ impl SimSpec {
         };
         SimSpec {
             datacenters: dcs.iter().map(|d| d.to_string()).collect(),
+            session_decay_ms: SESSION_DECAY_MS,
             services: vec![
                 service("web", TrafficKind::Stateless, 1_000.0, &["sessions", "api"]),
                 service("sessions", TrafficKind::Sticky, 400.0, &["db"]),
@@ -336,7 +348,7 @@ impl Sim {
     pub fn advance(&mut self, by: Duration) {
         let dt = by.as_millis() as f64;
         self.now_ms += by.as_millis() as i64;
-        let factor = 1.0 - (-dt / SESSION_DECAY_MS).exp();
+        let factor = 1.0 - (-dt / self.spec.session_decay_ms.max(1.0)).exp();
         for service in self.spec.services.clone() {
             if service.kind != TrafficKind::Sticky {
                 continue;
@@ -561,18 +573,42 @@ impl Query {
 #[derive(Clone, Debug)]
 pub struct SimHandle {
     sim: Arc<Mutex<Sim>>,
+    /// With [`SimHandle::on_tokio_clock`]: when the simulation's time 0 was on Tokio's clock.
+    origin: Option<tokio::time::Instant>,
 }
 
 impl SimHandle {
+    /// A simulation that moves only when told to ([`Sim::advance`] through
+    /// [`SimHandle::with`], or [`SimHandle::run_real_time`]).
     pub fn new(sim: Sim) -> SimHandle {
         SimHandle {
             sim: Arc::new(Mutex::new(sim)),
+            origin: None,
+        }
+    }
+
+    /// A simulation that follows Tokio's clock: before every read or change it is advanced
+    /// to the time elapsed since now. On a paused Tokio clock (a rehearsal) that is virtual
+    /// time, and the simulation's state is a function of the virtual times of the changes
+    /// made to it, whatever the wall clock did meanwhile.
+    pub fn on_tokio_clock(sim: Sim) -> SimHandle {
+        let origin = tokio::time::Instant::now() - Duration::from_millis(sim.now_ms.max(0) as u64);
+        SimHandle {
+            sim: Arc::new(Mutex::new(sim)),
+            origin: Some(origin),
         }
     }
 
     /// Reads or changes the simulation.
     pub fn with<T>(&self, f: impl FnOnce(&mut Sim) -> T) -> T {
         let mut sim = self.sim.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(origin) = self.origin {
+            let elapsed_ms = origin.elapsed().as_millis() as i64;
+            if elapsed_ms > sim.now_ms {
+                let by = Duration::from_millis((elapsed_ms - sim.now_ms) as u64);
+                sim.advance(by);
+            }
+        }
         f(&mut sim)
     }
 

@@ -1,0 +1,97 @@
+//! Rehearsals in virtual time: Levee's server and engine evacuate and restore a generated
+//! simulated fleet on a paused clock, on a real SQLite file. Every shift is gated on the
+//! services' simulated error ratios, so a wrong drain order would stall the run and fail here.
+
+use std::time::Duration;
+
+use levee_sim::rehearsal::{Pace, Scenario, critical_path_bound_ms, rehearse_blocking};
+
+/// Services in the rehearsed fleet: enough for several layers of dependencies.
+const SERVICES: usize = 30;
+/// The epoch milliseconds the virtual clock starts at.
+const START_MS: i64 = 1_700_000_000_000;
+/// A rehearsal of this fleet must take less wall time than this, in milliseconds.
+const MAX_WALL_MS: u64 = 60_000;
+
+/// Each run's runbook, makespan and every task's duration.
+type Times = Vec<(String, u64, Vec<(String, Option<i64>)>)>;
+
+fn rehearse(seed: u64) -> (Times, u64) {
+    let scenario = Scenario::generated(
+        SERVICES,
+        &["east", "west", "central"],
+        "east",
+        seed,
+        &Pace::production(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen = Vec::new();
+    let rehearsal = rehearse_blocking(
+        &scenario,
+        dir.path().join("rehearsal.db"),
+        START_MS,
+        &mut |p| seen.push(p.clone()),
+    )
+    .unwrap();
+    assert!(!seen.is_empty(), "progress is reported as the runs go");
+    assert_eq!(rehearsal.runs.len(), 2);
+    let mut outcome = Vec::new();
+    for run in &rehearsal.runs {
+        assert!(
+            run.succeeded(),
+            "{} ended {}: {:?}",
+            run.runbook,
+            run.view.status,
+            run.view
+                .tasks
+                .iter()
+                .filter(|t| t.reason.is_some())
+                .map(|t| (&t.id, &t.reason))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(run.view.counts.succeeded, run.view.counts.total);
+        let makespan = run.makespan_ms();
+        let bound = critical_path_bound_ms(&run.view);
+        assert!(bound > 0 && makespan >= bound, "{makespan} vs {bound}");
+        // Commits take no virtual time, so the schedule is as short as the DAG allows.
+        assert!(
+            makespan as f64 <= bound as f64 * 1.05,
+            "{}: makespan {makespan} ms, critical-path bound {bound} ms",
+            run.runbook
+        );
+        let times = run
+            .view
+            .tasks
+            .iter()
+            .map(|t| {
+                (
+                    t.id.clone(),
+                    t.finished_at_ms.zip(t.started_at_ms).map(|(f, s)| f - s),
+                )
+            })
+            .collect();
+        outcome.push((run.runbook.clone(), makespan, times));
+    }
+    (outcome, rehearsal.wall_ms)
+}
+
+#[test]
+fn an_evacuation_in_virtual_time_takes_production_time_in_seconds_and_repeats_exactly() {
+    let (first, wall_ms) = rehearse(11);
+    let evacuation = Duration::from_millis(first[0].1);
+    eprintln!(
+        "evacuation {evacuation:?}, restore {:?} of virtual time in {wall_ms} ms",
+        Duration::from_millis(first[1].1)
+    );
+    // A minute between weight steps and sessions that take minutes to end: the evacuation
+    // takes tens of virtual minutes...
+    assert!(
+        evacuation >= Duration::from_secs(20 * 60),
+        "evacuation took {evacuation:?} of virtual time"
+    );
+    // ... in seconds of wall time.
+    assert!(wall_ms < MAX_WALL_MS, "wall time {wall_ms} ms");
+    let (second, _) = rehearse(11);
+    assert_eq!(first, second, "the same seed gives the same times");
+}
