@@ -194,6 +194,16 @@ fn client() -> reqwest::Client {
 }
 
 async fn start_replica(dir: &Path, database: &str, log_name: &str) -> Replica {
+    start_replica_with(dir, database, log_name, CHAOS_LEASE_TTL_MS, false).await
+}
+
+async fn start_replica_with(
+    dir: &Path,
+    database: &str,
+    log_name: &str,
+    lease_ttl_ms: u64,
+    poll_only: bool,
+) -> Replica {
     let port = free_port();
     let log = dir.join(log_name);
     let file = std::fs::File::create(&log).expect("create a replica log");
@@ -209,8 +219,9 @@ async fn start_replica(dir: &Path, database: &str, log_name: &str) -> Replica {
             "--database",
             database,
             "--lease-ttl-ms",
-            &CHAOS_LEASE_TTL_MS.to_string(),
+            &lease_ttl_ms.to_string(),
         ])
+        .args(poll_only.then_some("--poll-only"))
         .stdin(Stdio::null())
         .stdout(file.try_clone().expect("clone the log"))
         .stderr(file)
@@ -758,4 +769,140 @@ async fn controls_reach_the_owner_and_sigterm_hands_its_runs_over() {
     drop(b);
     store.close().await;
     drop(database);
+}
+
+/// Lease time of the wake-up measurement: long, so a takeover found by polling (every third
+/// of it) and one woken by a notice are far apart.
+const WAKE_LEASE_TTL_MS: u64 = 6_000;
+/// Tasks of the wake-up measurement's runs, each a wait of [`WAKE_TASK_WAIT_MS`].
+const WAKE_TASKS: usize = 400;
+const WAKE_TASK_WAIT_MS: u64 = 20;
+/// How often the measurement samples the run's owner.
+const WAKE_SAMPLE_MS: u64 = 2;
+/// How long the measurement waits after pausing before it reads when the last task started.
+const PAUSE_SETTLE_MS: u64 = 2_500;
+/// A takeover after a graceful release woken by a notice must take less than this.
+const NOTICE_TAKEOVER_BOUND_MS: i64 = 1_000;
+/// The global pause reaches another replica by notice within this.
+const NOTICE_PAUSE_BOUND_MS: i64 = 500;
+
+fn wake_runbook() -> String {
+    let mut yaml = String::from("kind: Runbook\nname: wake\nmax_parallel: 1\ntasks:\n");
+    for i in 0..WAKE_TASKS {
+        yaml.push_str(&format!(
+            "  - id: w{i:03}\n    stage: wait\n    with: {{ duration: {WAKE_TASK_WAIT_MS}ms }}\n"
+        ));
+        if i > 0 {
+            yaml.push_str(&format!("    needs: [w{:03}]\n", i - 1));
+        }
+    }
+    yaml
+}
+
+/// (takeover after a graceful release, global pause propagation), in ms, with notices or
+/// polling only.
+async fn measure_wake_ups(poll_only: bool) -> (i64, i64) {
+    let database = TestDatabase::create().await.expect("the server is there");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let client = client();
+    let store = PostgresStore::connect(&database.url)
+        .await
+        .expect("connect the test's store");
+    let start = |name: &'static str| {
+        start_replica_with(
+            dir.path(),
+            &database.url,
+            name,
+            WAKE_LEASE_TTL_MS,
+            poll_only,
+        )
+    };
+    let mut a = start("a.log").await;
+    let id = apply_and_start(&client, &a, &wake_runbook(), "wake").await;
+    let b = start("b.log").await;
+    // A graceful release: from the moment the run has no owner to B's claim.
+    a.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_millis(TAKEOVER_TIMEOUT_MS);
+    let mut released_at = None;
+    let takeover_ms = loop {
+        let owner = store.run_owner(&id).await.unwrap().unwrap().owner;
+        match owner.as_deref() {
+            Some(o) if b.is(o) => {
+                let released = released_at.unwrap_or_else(Instant::now);
+                break i64::try_from(released.elapsed().as_millis()).unwrap();
+            }
+            None if released_at.is_none() => released_at = Some(Instant::now()),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "B never took the run over");
+        tokio::time::sleep(Duration::from_millis(WAKE_SAMPLE_MS)).await;
+    };
+    let _ = a.child.wait();
+    // The global pause, set through A's successor C while B runs the run: the last task B
+    // starts after the pause committed shows when B learnt of it.
+    let c = start("c.log").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let paused_at = now_ms();
+    let answer = client
+        .put(format!("{}/api/v1/pause", c.url))
+        .json(&json!({ "paused": true, "reason": "wake-up measurement" }))
+        .send()
+        .await
+        .expect("pause");
+    assert!(
+        answer.status().is_success(),
+        "{}",
+        answer.text().await.unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(PAUSE_SETTLE_MS)).await;
+    let last_start = whole_journal(&store, &id)
+        .await
+        .iter()
+        .filter(|e| kind_of(e) == "task_started")
+        .map(|e| e.entry.at_ms)
+        .max()
+        .expect("tasks started");
+    let pause_ms = (last_start - paused_at).max(0);
+    assert!(
+        !store
+            .load_run(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state
+            .run
+            .status
+            .is_ended(),
+        "the run was still going when paused"
+    );
+    drop((b, c));
+    store.close().await;
+    drop(database);
+    (takeover_ms, pause_ms)
+}
+
+/// Notices wake a replica at once: a run released on SIGTERM is claimed by another replica,
+/// and the global pause set on one replica stops another's dispatching, far sooner than the
+/// polling fallback (a third of the lease time; `GLOBAL_STATE_POLL_MS`). Prints both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_wake_replicas_sooner_than_polling() {
+    if TestDatabase::create().await.is_none() {
+        return;
+    }
+    let (notify_takeover, notify_pause) = measure_wake_ups(false).await;
+    let (poll_takeover, poll_pause) = measure_wake_ups(true).await;
+    eprintln!(
+        "wake-ups (lease TTL {WAKE_LEASE_TTL_MS} ms): takeover after a graceful release \
+         {notify_takeover} ms by notice, {poll_takeover} ms polling; global pause reached \
+         another replica within {notify_pause} ms by notice, {poll_pause} ms polling \
+         (upper bounds: one {WAKE_TASK_WAIT_MS} ms task)"
+    );
+    assert!(
+        notify_takeover < NOTICE_TAKEOVER_BOUND_MS,
+        "takeover by notice took {notify_takeover} ms"
+    );
+    assert!(
+        notify_pause < NOTICE_PAUSE_BOUND_MS,
+        "pause by notice took {notify_pause} ms"
+    );
 }
