@@ -13,6 +13,7 @@ use std::io::Write as _;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use levee_store::{JournalRecord, PostgresStore, Store};
@@ -905,4 +906,103 @@ async fn notices_wake_replicas_sooner_than_polling() {
         notify_pause < NOTICE_PAUSE_BOUND_MS,
         "pause by notice took {notify_pause} ms"
     );
+}
+
+/// How long the fencing-token test waits for its run.
+const FENCING_RUN_TIMEOUT_MS: u64 = 30_000;
+
+/// A real HTTP target on 127.0.0.1 that records the `Levee-Fencing-Token` header of every
+/// request and answers 200.
+async fn fencing_recorder() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/fence", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let record = Arc::clone(&record);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                for line in text.lines() {
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("levee-fencing-token")
+                    {
+                        record.lock().unwrap().push(value.trim().to_string());
+                    }
+                }
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// Stages get the run's lease epoch as a fencing token: an `http` stage sends it to a real
+/// target as `Levee-Fencing-Token`, a `shell` stage's program finds it in
+/// `LEVEE_FENCING_TOKEN`; both equal the epoch the store holds for the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_get_the_runs_lease_epoch_as_fencing_token() {
+    let Some(database) = TestDatabase::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let client = client();
+    let store = PostgresStore::connect(&database.url)
+        .await
+        .expect("connect the test's store");
+    let (url, seen) = fencing_recorder().await;
+    let token_file = dir.path().join("token");
+    let yaml = format!(
+        "kind: Runbook\nname: fenced\ntasks:\n  - id: call\n    stage: http\n    with: {{ url: \"{url}\" }}\n  - id: script\n    stage: shell\n    needs: [call]\n    with:\n      command: [sh, -c, 'printf %s \"$LEVEE_FENCING_TOKEN\" > \"$0\"', \"{}\"]\n",
+        token_file.display()
+    );
+    let a = start_replica(dir.path(), &database.url, "a.log").await;
+    let id = apply_and_start(&client, &a, &yaml, "fenced").await;
+    let deadline = Instant::now() + Duration::from_millis(FENCING_RUN_TIMEOUT_MS);
+    loop {
+        let run = store.load_run(&id).await.unwrap().unwrap();
+        if run.state.run.status.is_ended() {
+            assert_eq!(
+                run.state.run.status.name(),
+                "succeeded",
+                "{:?}",
+                run.state.run
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not finish:\n{}",
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+    }
+    let epoch = store.run_owner(&id).await.unwrap().unwrap().epoch;
+    assert!(epoch >= 1);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![epoch.to_string()],
+        "the http target's header"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&token_file).unwrap(),
+        epoch.to_string(),
+        "the shell program's environment"
+    );
+    drop(a);
+    store.close().await;
+    drop(database);
 }
