@@ -252,11 +252,6 @@ impl App {
         self.cache.get(id)
     }
 
-    /// Puts a committed record in the cache (kept only if newer than the cached one).
-    pub(crate) fn put_cached(&self, record: MachineRecord) {
-        self.cache.put(record);
-    }
-
     pub fn cached_count(&self) -> usize {
         self.cache.len()
     }
@@ -278,6 +273,13 @@ impl App {
                 self.cache.get(id).expect("just inserted")
             }
         };
+        // A definition another replica stored may not have reached this one's map yet (its
+        // notice is on the way, or notices are off): read the definitions once more.
+        if self.def(&record.definition).is_none()
+            && let Err(error) = self.reload_definitions().await
+        {
+            tracing::warn!(%error, "cannot re-read definitions");
+        }
         let def = self.def(&record.definition).ok_or_else(|| {
             ApiError::internal(format!(
                 "machine {id} follows unknown definition {}",

@@ -328,23 +328,12 @@ impl App {
         }
     }
 
-    /// Re-reads the cached machines older than the versions another writer committed; one
-    /// that cannot be read is dropped from the cache, to be read on its next use.
+    /// Drops the cached machines older than the versions another writer committed; each is
+    /// read from the store on its next use. Dropping, not re-reading: re-reading every
+    /// machine another replica moved cost two reads per transition with three replicas and
+    /// halved their throughput (`levee-bench replicas`).
     async fn refresh_machines(&self, versions: &[(String, i64)]) {
-        for (id, version) in versions {
-            let stale = self
-                .cached(id)
-                .is_some_and(|cached| cached.version < *version);
-            if !stale {
-                continue;
-            }
-            match self.store.machine(id).await {
-                Ok(Some(record)) if record.version >= *version => self.put_cached(record),
-                _ => {
-                    self.forget_older_machines(&[(id.clone(), *version)]);
-                }
-            }
-        }
+        self.forget_older_machines(versions);
     }
 
     /// Re-reads server-wide settings another replica may have changed.
