@@ -19,6 +19,7 @@ pub mod client;
 pub mod levee;
 pub mod load;
 pub mod procfs;
+pub mod replicas;
 pub mod report;
 pub mod runs;
 pub mod stateservice;

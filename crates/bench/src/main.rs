@@ -41,6 +41,9 @@ enum Command {
     /// Runs runbooks of no-op tasks (wide, deep, random DAG) end to end on SQLite in this
     /// process, next to a raw SQLite commit loop and the scheduler alone; prints tasks/s.
     Runs(RunsArgs),
+    /// Levee replicas (1 and 3) on PostgreSQL: durable transitions/s and runbook tasks/s, next
+    /// to `pgbench -N` on the same server in the same run.
+    Replicas(ReplicasArgs),
     /// Plans evacuation runbooks from generated call graphs (1,000 services by default),
     /// next to the time to merely read the graph's JSON.
     Deps(DepsArgs),
@@ -174,6 +177,32 @@ struct RunsArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(Debug, clap::Args)]
+struct ReplicasArgs {
+    /// The levee binary (`target/release/levee`).
+    #[arg(long)]
+    levee: PathBuf,
+    /// A PostgreSQL URL on the server to measure; databases are created and dropped next to
+    /// it, so the user must be allowed to create databases.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    database: String,
+    /// Clients of the transition load and of pgbench.
+    #[arg(long, default_value_t = levee_bench::replicas::CONCURRENCY_DEFAULT)]
+    concurrency: usize,
+    /// Measured seconds of each load.
+    #[arg(long, default_value_t = levee_bench::replicas::DURATION_S_DEFAULT)]
+    duration_s: f64,
+    /// Tasks of each run of the runbook measurement.
+    #[arg(long, default_value_t = levee_bench::replicas::TASKS_DEFAULT)]
+    tasks: usize,
+    /// Replica counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    replicas: Vec<usize>,
+    /// Print the figures as JSON on stdout too.
+    #[arg(long)]
+    json: bool,
+}
+
 /// The `--json` value that means standard output.
 const JSON_TO_STDOUT: &str = "-";
 
@@ -217,6 +246,26 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Suite(args) => run_suite(args).await,
         Command::Runs(args) => run_runs(args).await,
+        Command::Replicas(args) => {
+            ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+            ensure!(
+                args.replicas.iter().all(|&n| n > 0),
+                "--replicas counts must be at least 1"
+            );
+            let config = levee_bench::replicas::Config {
+                levee: args.levee,
+                database: args.database,
+                concurrency: args.concurrency,
+                duration: seconds("--duration-s", args.duration_s)?,
+                tasks: args.tasks,
+                replica_counts: args.replicas,
+            };
+            let figures = levee_bench::replicas::run(&config).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&figures)?);
+            }
+            Ok(())
+        }
         Command::Deps(args) => {
             run_deps(&args);
             Ok(())

@@ -1166,6 +1166,10 @@ impl Store for CountingStore {
     async fn close(&self) {
         self.inner.close().await;
     }
+
+    fn notices(&self) -> tokio::sync::broadcast::Receiver<levee_store::Notice> {
+        self.inner.notices()
+    }
 }
 
 #[cfg(test)]

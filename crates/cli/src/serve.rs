@@ -44,6 +44,12 @@ pub struct ServeArgs {
     /// taken over after about this long. Renewed every third of it.
     #[arg(long, env = "LEVEE_LEASE_TTL_MS", default_value_t = levee_server::replica::LEASE_TTL_MS)]
     pub lease_ttl_ms: u64,
+    /// Ignore the database's notices (PostgreSQL LISTEN/NOTIFY) and only poll: takeovers
+    /// after a graceful release and the global pause then reach this replica at the next
+    /// lease round or settings poll instead of at once. For measuring, or behind a
+    /// connection pooler that does not pass LISTEN through.
+    #[arg(long, env = "LEVEE_POLL_ONLY")]
+    pub poll_only: bool,
 }
 
 /// Shortest lease time `levee serve` accepts: renewals every third of it must fit between
@@ -103,6 +109,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let options = AppOptions {
         webhooks,
         lease_ttl_ms: Some(args.lease_ttl_ms),
+        poll_only: args.poll_only,
         address: args
             .advertise
             .clone()

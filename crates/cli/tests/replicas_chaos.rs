@@ -13,6 +13,7 @@ use std::io::Write as _;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use levee_store::{JournalRecord, PostgresStore, Store};
@@ -194,6 +195,16 @@ fn client() -> reqwest::Client {
 }
 
 async fn start_replica(dir: &Path, database: &str, log_name: &str) -> Replica {
+    start_replica_with(dir, database, log_name, CHAOS_LEASE_TTL_MS, false).await
+}
+
+async fn start_replica_with(
+    dir: &Path,
+    database: &str,
+    log_name: &str,
+    lease_ttl_ms: u64,
+    poll_only: bool,
+) -> Replica {
     let port = free_port();
     let log = dir.join(log_name);
     let file = std::fs::File::create(&log).expect("create a replica log");
@@ -209,8 +220,9 @@ async fn start_replica(dir: &Path, database: &str, log_name: &str) -> Replica {
             "--database",
             database,
             "--lease-ttl-ms",
-            &CHAOS_LEASE_TTL_MS.to_string(),
+            &lease_ttl_ms.to_string(),
         ])
+        .args(poll_only.then_some("--poll-only"))
         .stdin(Stdio::null())
         .stdout(file.try_clone().expect("clone the log"))
         .stderr(file)
@@ -756,6 +768,241 @@ async fn controls_reach_the_owner_and_sigterm_hands_its_runs_over() {
         "B took the run over: {owner:?}"
     );
     drop(b);
+    store.close().await;
+    drop(database);
+}
+
+/// Lease time of the wake-up measurement: long, so a takeover found by polling (every third
+/// of it) and one woken by a notice are far apart.
+const WAKE_LEASE_TTL_MS: u64 = 6_000;
+/// Tasks of the wake-up measurement's runs, each a wait of [`WAKE_TASK_WAIT_MS`].
+const WAKE_TASKS: usize = 400;
+const WAKE_TASK_WAIT_MS: u64 = 20;
+/// How often the measurement samples the run's owner.
+const WAKE_SAMPLE_MS: u64 = 2;
+/// How long the measurement waits after pausing before it reads when the last task started.
+const PAUSE_SETTLE_MS: u64 = 2_500;
+/// A takeover after a graceful release woken by a notice must take less than this.
+const NOTICE_TAKEOVER_BOUND_MS: i64 = 1_000;
+/// The global pause reaches another replica by notice within this.
+const NOTICE_PAUSE_BOUND_MS: i64 = 500;
+
+fn wake_runbook() -> String {
+    let mut yaml = String::from("kind: Runbook\nname: wake\nmax_parallel: 1\ntasks:\n");
+    for i in 0..WAKE_TASKS {
+        yaml.push_str(&format!(
+            "  - id: w{i:03}\n    stage: wait\n    with: {{ duration: {WAKE_TASK_WAIT_MS}ms }}\n"
+        ));
+        if i > 0 {
+            yaml.push_str(&format!("    needs: [w{:03}]\n", i - 1));
+        }
+    }
+    yaml
+}
+
+/// (takeover after a graceful release, global pause propagation), in ms, with notices or
+/// polling only.
+async fn measure_wake_ups(poll_only: bool) -> (i64, i64) {
+    let database = TestDatabase::create().await.expect("the server is there");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let client = client();
+    let store = PostgresStore::connect(&database.url)
+        .await
+        .expect("connect the test's store");
+    let start = |name: &'static str| {
+        start_replica_with(
+            dir.path(),
+            &database.url,
+            name,
+            WAKE_LEASE_TTL_MS,
+            poll_only,
+        )
+    };
+    let mut a = start("a.log").await;
+    let id = apply_and_start(&client, &a, &wake_runbook(), "wake").await;
+    let b = start("b.log").await;
+    // A graceful release: from the moment the run has no owner to B's claim.
+    a.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_millis(TAKEOVER_TIMEOUT_MS);
+    let mut released_at = None;
+    let takeover_ms = loop {
+        let owner = store.run_owner(&id).await.unwrap().unwrap().owner;
+        match owner.as_deref() {
+            Some(o) if b.is(o) => {
+                let released = released_at.unwrap_or_else(Instant::now);
+                break i64::try_from(released.elapsed().as_millis()).unwrap();
+            }
+            None if released_at.is_none() => released_at = Some(Instant::now()),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "B never took the run over");
+        tokio::time::sleep(Duration::from_millis(WAKE_SAMPLE_MS)).await;
+    };
+    let _ = a.child.wait();
+    // The global pause, set through A's successor C while B runs the run: the last task B
+    // starts after the pause committed shows when B learnt of it.
+    let c = start("c.log").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let paused_at = now_ms();
+    let answer = client
+        .put(format!("{}/api/v1/pause", c.url))
+        .json(&json!({ "paused": true, "reason": "wake-up measurement" }))
+        .send()
+        .await
+        .expect("pause");
+    assert!(
+        answer.status().is_success(),
+        "{}",
+        answer.text().await.unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(PAUSE_SETTLE_MS)).await;
+    let last_start = whole_journal(&store, &id)
+        .await
+        .iter()
+        .filter(|e| kind_of(e) == "task_started")
+        .map(|e| e.entry.at_ms)
+        .max()
+        .expect("tasks started");
+    let pause_ms = (last_start - paused_at).max(0);
+    assert!(
+        !store
+            .load_run(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state
+            .run
+            .status
+            .is_ended(),
+        "the run was still going when paused"
+    );
+    drop((b, c));
+    store.close().await;
+    drop(database);
+    (takeover_ms, pause_ms)
+}
+
+/// Notices wake a replica at once: a run released on SIGTERM is claimed by another replica,
+/// and the global pause set on one replica stops another's dispatching, far sooner than the
+/// polling fallback (a third of the lease time; `GLOBAL_STATE_POLL_MS`). Prints both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_wake_replicas_sooner_than_polling() {
+    if TestDatabase::create().await.is_none() {
+        return;
+    }
+    let (notify_takeover, notify_pause) = measure_wake_ups(false).await;
+    let (poll_takeover, poll_pause) = measure_wake_ups(true).await;
+    eprintln!(
+        "wake-ups (lease TTL {WAKE_LEASE_TTL_MS} ms): takeover after a graceful release \
+         {notify_takeover} ms by notice, {poll_takeover} ms polling; global pause reached \
+         another replica within {notify_pause} ms by notice, {poll_pause} ms polling \
+         (upper bounds: one {WAKE_TASK_WAIT_MS} ms task)"
+    );
+    assert!(
+        notify_takeover < NOTICE_TAKEOVER_BOUND_MS,
+        "takeover by notice took {notify_takeover} ms"
+    );
+    assert!(
+        notify_pause < NOTICE_PAUSE_BOUND_MS,
+        "pause by notice took {notify_pause} ms"
+    );
+}
+
+/// How long the fencing-token test waits for its run.
+const FENCING_RUN_TIMEOUT_MS: u64 = 30_000;
+
+/// A real HTTP target on 127.0.0.1 that records the `Levee-Fencing-Token` header of every
+/// request and answers 200.
+async fn fencing_recorder() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/fence", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let record = Arc::clone(&record);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                for line in text.lines() {
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("levee-fencing-token")
+                    {
+                        record.lock().unwrap().push(value.trim().to_string());
+                    }
+                }
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// Stages get the run's lease epoch as a fencing token: an `http` stage sends it to a real
+/// target as `Levee-Fencing-Token`, a `shell` stage's program finds it in
+/// `LEVEE_FENCING_TOKEN`; both equal the epoch the store holds for the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_get_the_runs_lease_epoch_as_fencing_token() {
+    let Some(database) = TestDatabase::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let client = client();
+    let store = PostgresStore::connect(&database.url)
+        .await
+        .expect("connect the test's store");
+    let (url, seen) = fencing_recorder().await;
+    let token_file = dir.path().join("token");
+    let yaml = format!(
+        "kind: Runbook\nname: fenced\ntasks:\n  - id: call\n    stage: http\n    with: {{ url: \"{url}\" }}\n  - id: script\n    stage: shell\n    needs: [call]\n    with:\n      command: [sh, -c, 'printf %s \"$LEVEE_FENCING_TOKEN\" > \"$0\"', \"{}\"]\n",
+        token_file.display()
+    );
+    let a = start_replica(dir.path(), &database.url, "a.log").await;
+    let id = apply_and_start(&client, &a, &yaml, "fenced").await;
+    let deadline = Instant::now() + Duration::from_millis(FENCING_RUN_TIMEOUT_MS);
+    loop {
+        let run = store.load_run(&id).await.unwrap().unwrap();
+        if run.state.run.status.is_ended() {
+            assert_eq!(
+                run.state.run.status.name(),
+                "succeeded",
+                "{:?}",
+                run.state.run
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not finish:\n{}",
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+    }
+    let epoch = store.run_owner(&id).await.unwrap().unwrap().epoch;
+    assert!(epoch >= 1);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![epoch.to_string()],
+        "the http target's header"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&token_file).unwrap(),
+        epoch.to_string(),
+        "the shell program's environment"
+    );
+    drop(a);
     store.close().await;
     drop(database);
 }

@@ -48,6 +48,9 @@ pub struct AppOptions {
     /// How often server-wide settings are re-read; `None` is
     /// [`crate::replica::GLOBAL_STATE_POLL_MS`].
     pub global_state_poll_ms: Option<u64>,
+    /// Only poll: ignore the store's notices (`levee serve --poll-only`), to measure what
+    /// they save or to work around a connection pooler that drops `LISTEN`.
+    pub poll_only: bool,
     /// How long running task attempts get to finish on shutdown; `None` is
     /// [`crate::serve::SHUTDOWN_STEPS_GRACE_MS`].
     pub shutdown_steps_grace_ms: Option<u64>,
@@ -144,6 +147,7 @@ impl App {
                 options
                     .shutdown_steps_grace_ms
                     .unwrap_or(crate::serve::SHUTDOWN_STEPS_GRACE_MS),
+                options.poll_only,
             ),
             maint_approval: options
                 .maintenance_approval
@@ -169,18 +173,7 @@ impl App {
 
     /// Rebuilds the definition map and the machine cache from the store.
     pub async fn reload(&self) -> anyhow::Result<()> {
-        let mut defs = HashMap::new();
-        for record in self.store.definitions(Some(KIND_STATE_MACHINE)).await? {
-            let def: MachineDef = serde_json::from_value(record.compiled.clone()).map_err(|e| {
-                anyhow::anyhow!(
-                    "stored definition {} v{} does not parse: {e}",
-                    record.name,
-                    record.version
-                )
-            })?;
-            defs.insert(def.name.clone(), Arc::new(def));
-        }
-        *self.defs.write().expect("defs lock") = Arc::new(defs);
+        self.reload_definitions().await?;
         let mut filter = MachineFilter {
             limit: CACHE_LOAD_PAGE_SIZE,
             ..Default::default()
@@ -199,6 +192,32 @@ impl App {
         }
         self.metrics.set_machines(self.cache.len());
         Ok(())
+    }
+
+    /// Rebuilds the definition map from the store (another replica stored definitions).
+    pub async fn reload_definitions(&self) -> anyhow::Result<()> {
+        let mut defs = HashMap::new();
+        for record in self.store.definitions(Some(KIND_STATE_MACHINE)).await? {
+            let def: MachineDef = serde_json::from_value(record.compiled.clone()).map_err(|e| {
+                anyhow::anyhow!(
+                    "stored definition {} v{} does not parse: {e}",
+                    record.name,
+                    record.version
+                )
+            })?;
+            defs.insert(def.name.clone(), Arc::new(def));
+        }
+        *self.defs.write().expect("defs lock") = Arc::new(defs);
+        Ok(())
+    }
+
+    /// Drops cached machines older than the versions another writer committed, so the next
+    /// read asks the store. Returns how many were dropped.
+    pub fn forget_older_machines(&self, versions: &[(String, i64)]) -> usize {
+        versions
+            .iter()
+            .filter(|(id, version)| self.cache.forget_older(id, *version))
+            .count()
     }
 
     pub fn is_ready(&self) -> bool {
@@ -254,6 +273,13 @@ impl App {
                 self.cache.get(id).expect("just inserted")
             }
         };
+        // A definition another replica stored may not have reached this one's map yet (its
+        // notice is on the way, or notices are off): read the definitions once more.
+        if self.def(&record.definition).is_none()
+            && let Err(error) = self.reload_definitions().await
+        {
+            tracing::warn!(%error, "cannot re-read definitions");
+        }
         let def = self.def(&record.definition).ok_or_else(|| {
             ApiError::internal(format!(
                 "machine {id} follows unknown definition {}",
@@ -840,6 +866,17 @@ impl MachineCache {
             _ => {
                 shard.insert(record.id.clone(), Arc::new(record));
             }
+        }
+    }
+
+    /// Removes `id` if the cached record is older than `version`.
+    fn forget_older(&self, id: &str, version: i64) -> bool {
+        let mut shard = self.shard(id).write().expect("cache lock");
+        if shard.get(id).is_some_and(|cached| cached.version < version) {
+            shard.remove(id);
+            true
+        } else {
+            false
         }
     }
 

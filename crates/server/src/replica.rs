@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use levee_engine::runbook::RunStatus;
-use levee_store::Lease;
+use levee_store::{Lease, Notice};
+use tokio::sync::broadcast;
 
 use crate::machines::App;
 
@@ -52,6 +53,8 @@ pub struct Replica {
     pub global_state_poll_ms: u64,
     /// How long running attempts get to finish on shutdown.
     pub shutdown_steps_grace_ms: u64,
+    /// Ignore the store's notices and only poll (`levee serve --poll-only`).
+    pub poll_only: bool,
     leases: std::sync::Mutex<HashMap<String, Lease>>,
     claiming: AtomicBool,
     pub(crate) client: reqwest::Client,
@@ -79,6 +82,7 @@ impl Replica {
         lease_ttl_ms: u64,
         global_state_poll_ms: u64,
         shutdown_steps_grace_ms: u64,
+        poll_only: bool,
     ) -> Replica {
         Replica {
             id: new_replica_id(),
@@ -87,6 +91,7 @@ impl Replica {
             lease_ttl_ms: lease_ttl_ms.max(LEASE_ROUNDS_PER_TTL),
             global_state_poll_ms: global_state_poll_ms.max(1),
             shutdown_steps_grace_ms,
+            poll_only,
             leases: std::sync::Mutex::new(HashMap::new()),
             claiming: AtomicBool::new(true),
             client: reqwest::Client::builder()
@@ -137,12 +142,20 @@ impl Replica {
     }
 }
 
-/// Runs the replica's loops until `stop` resolves.
+/// Runs the replica's loops until `stop` resolves: lease rounds and global-state polls on
+/// their intervals, and (unless `poll_only`) the store's notices, which wake the same work at
+/// once.
 pub async fn run(app: Arc<App>, stop: impl std::future::Future<Output = ()>) {
     let mut leases = tokio::time::interval(Duration::from_millis(app.replica.round_ms().max(1)));
     leases.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut global = tokio::time::interval(Duration::from_millis(app.replica.global_state_poll_ms));
     global.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Notices are followed on a task of their own, so refreshing caches never delays a
+    // lease renewal.
+    let notices = (!app.replica.poll_only).then(|| {
+        let receiver = app.store.notices();
+        tokio::spawn(follow_notices(Arc::clone(&app), receiver))
+    });
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -150,6 +163,26 @@ pub async fn run(app: Arc<App>, stop: impl std::future::Future<Output = ()>) {
             _ = leases.tick() => app.lease_round().await,
             _ = global.tick() => app.poll_global_state().await,
         }
+    }
+    if let Some(notices) = notices {
+        notices.abort();
+    }
+}
+
+/// Acts on the store's notices: claims released runs at once, re-reads the global pause and
+/// the definitions when another replica changed them, and refreshes cached machines another
+/// replica moved on. After a gap (`Resync`, or this receiver lagging) it re-reads all of it.
+async fn follow_notices(app: Arc<App>, mut notices: broadcast::Receiver<Notice>) {
+    loop {
+        let notice = match notices.recv().await {
+            Ok(notice) => notice,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::debug!(missed, "notices lagged; re-reading everything");
+                Notice::Resync
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        app.on_notice(notice).await;
     }
 }
 
@@ -260,6 +293,47 @@ impl App {
         if let Err(error) = self.store.release_leases(&self.replica.id, leases).await {
             tracing::warn!(%error, "cannot release leases; they expire on their own");
         }
+    }
+
+    /// What one notice from the store asks this replica to do.
+    pub async fn on_notice(self: &Arc<Self>, notice: Notice) {
+        match notice {
+            Notice::RunsClaimable => {
+                if self.replica.is_claiming() {
+                    self.claim_unowned(self.now_ms(), self.replica.ttl_ms())
+                        .await;
+                }
+            }
+            Notice::Setting { key } => {
+                if key == crate::runs::GLOBAL_PAUSE_SETTING {
+                    self.poll_global_state().await;
+                }
+            }
+            Notice::Definitions => {
+                if let Err(error) = self.reload_definitions().await {
+                    tracing::warn!(%error, "cannot re-read definitions another replica stored");
+                }
+            }
+            Notice::Machines { versions } => self.refresh_machines(&versions).await,
+            Notice::Resync => {
+                self.poll_global_state().await;
+                if let Err(error) = self.reload().await {
+                    tracing::warn!(%error, "cannot re-read definitions and machines");
+                }
+                if self.replica.is_claiming() {
+                    self.claim_unowned(self.now_ms(), self.replica.ttl_ms())
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Drops the cached machines older than the versions another writer committed; each is
+    /// read from the store on its next use. Dropping, not re-reading: re-reading every
+    /// machine another replica moved cost two reads per transition with three replicas and
+    /// halved their throughput (`levee-bench replicas`).
+    async fn refresh_machines(&self, versions: &[(String, i64)]) {
+        self.forget_older_machines(versions);
     }
 
     /// Re-reads server-wide settings another replica may have changed.

@@ -257,7 +257,17 @@ pub struct StageContext {
     pub pace: PaceWatch,
     /// Evaluates checks for stages that wait until a condition holds (`wait` with `until`).
     pub checks: Arc<dyn CheckRunner>,
+    /// The run's lease epoch when a replica holds it: it grows with every takeover, so a
+    /// target that remembers the highest token it saw can refuse a stale replica's late
+    /// request (Kleppmann's fencing token). `shell` passes it as [`FENCING_TOKEN_ENV`], `http`
+    /// as the [`FENCING_TOKEN_HEADER`] header.
+    pub fencing_token: Option<i64>,
 }
+
+/// The environment variable a `shell` stage's program finds the run's fencing token in.
+pub const FENCING_TOKEN_ENV: &str = "LEVEE_FENCING_TOKEN";
+/// The request header an `http` stage sends the run's fencing token in.
+pub const FENCING_TOKEN_HEADER: &str = "Levee-Fencing-Token";
 
 impl StageContext {
     /// A context with no resume point, no journaling and an output sink of
@@ -274,6 +284,7 @@ impl StageContext {
             output: OutputSink::new(MAX_OUTPUT_BYTES),
             pace: PaceWatch::fixed(serde_json::Value::Null),
             checks: Arc::new(NoChecks),
+            fencing_token: None,
         }
     }
 

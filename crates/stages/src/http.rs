@@ -444,10 +444,16 @@ impl Stage for HttpStage {
     }
 
     async fn run(&self, ctx: StageContext, args: &Value) -> StageOutcome {
-        let spec = match parse_stage(args) {
+        let mut spec = match parse_stage(args) {
             Ok(spec) => spec,
             Err(error) => return StageOutcome::invalid_args(error),
         };
+        if let Some(token) = ctx.fencing_token {
+            // Replaces any the task set: the token is the run's, not the author's.
+            if let Ok(name) = HeaderName::from_bytes(crate::FENCING_TOKEN_HEADER.as_bytes()) {
+                spec.headers.insert(name, HeaderValue::from(token));
+            }
+        }
         let deadline = ctx.deadline_within(spec.timeout);
         match send(&spec, &ctx.cancel, deadline).await {
             RequestEnd::Response(response) => {

@@ -73,9 +73,9 @@ pub use check::{
     StaticMetrics, json_field,
 };
 pub use context::{
-    CancelToken, Canceller, CapturedOutput, CheckRunner, MAX_OUTPUT_BYTES, NoChecks, OutputSink,
-    PaceSetter, PaceWatch, STEP_CHANNEL_CAPACITY, StageContext, StageOutcome, StageOutput, Step,
-    StepCommit, StepError, StepReporter,
+    CancelToken, Canceller, CapturedOutput, CheckRunner, FENCING_TOKEN_ENV, FENCING_TOKEN_HEADER,
+    MAX_OUTPUT_BYTES, NoChecks, OutputSink, PaceSetter, PaceWatch, STEP_CHANNEL_CAPACITY,
+    StageContext, StageOutcome, StageOutput, Step, StepCommit, StepError, StepReporter,
 };
 pub use haproxy::{
     HAPROXY_COMMAND_TIMEOUT_MS, Haproxy, HaproxySocket, MAX_HAPROXY_ANSWER_BYTES,

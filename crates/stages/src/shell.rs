@@ -149,7 +149,17 @@ impl Stage for ShellStage {
             Err(error) => return StageOutcome::invalid_args(error),
         };
         let deadline = ctx.deadline_within(parsed.timeout);
-        let end = run_program(&parsed.program, &ctx.cancel, deadline, &ctx.output).await;
+        let mut program = parsed.program;
+        if let Some(token) = ctx.fencing_token {
+            // Set last, so a task cannot pass a token of its own choosing.
+            program
+                .env
+                .retain(|(key, _)| key != crate::FENCING_TOKEN_ENV);
+            program
+                .env
+                .push((crate::FENCING_TOKEN_ENV.to_string(), token.to_string()));
+        }
+        let end = run_program(&program, &ctx.cancel, deadline, &ctx.output).await;
         let captured = ctx.output.snapshot();
         match end {
             ProgramEnd::Exited(status) if status.success() => StageOutcome::Succeeded {
@@ -161,7 +171,7 @@ impl Stage for ShellStage {
             ProgramEnd::Exited(status) => {
                 let error = format!(
                     "`{}` {}; last output:\n{}",
-                    parsed.program.argv[0],
+                    program.argv[0],
                     describe_status(&status),
                     captured.display()
                 );

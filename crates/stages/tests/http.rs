@@ -237,3 +237,32 @@ fn idempotence_follows_the_method() {
     }
     assert!(HttpStage.idempotent_for(&json!({ "url": url })));
 }
+
+/// A run's fencing token reaches the target as the `Levee-Fencing-Token` header, replacing
+/// one the task's author wrote; without a token none is sent.
+#[tokio::test]
+async fn the_fencing_token_is_sent_as_a_header() {
+    let server = start(None).await;
+    let mut ctx = context(GENEROUS);
+    ctx.fencing_token = Some(7);
+    let outcome = HttpStage
+        .run(
+            ctx,
+            &json!({
+                "url": server.url("/fence"),
+                "headers": { "Levee-Fencing-Token": "999" },
+            }),
+        )
+        .await;
+    let StageOutcome::Succeeded { output } = outcome else {
+        panic!("expected success, got {outcome:?}");
+    };
+    assert_eq!(output.captured.text, "7");
+    let outcome = HttpStage
+        .run(context(GENEROUS), &json!({ "url": server.url("/fence") }))
+        .await;
+    let StageOutcome::Succeeded { output } = outcome else {
+        panic!("expected success, got {outcome:?}");
+    };
+    assert_eq!(output.captured.text, "");
+}

@@ -261,3 +261,24 @@ async fn long_output_keeps_the_tail_and_says_how_much_was_cut() {
         &error[..200]
     );
 }
+
+/// A run's fencing token reaches the program as `LEVEE_FENCING_TOKEN`, replacing one the
+/// task's `env` set.
+#[tokio::test]
+async fn the_fencing_token_is_in_the_environment() {
+    let mut ctx = context(GENEROUS);
+    ctx.fencing_token = Some(42);
+    let outcome = ShellStage
+        .run(
+            ctx,
+            &json!({
+                "command": ["sh", "-c", "echo \"token=$LEVEE_FENCING_TOKEN\""],
+                "env": { "LEVEE_FENCING_TOKEN": "1" },
+            }),
+        )
+        .await;
+    let StageOutcome::Succeeded { output } = outcome else {
+        panic!("expected success, got {outcome:?}");
+    };
+    assert_eq!(output.captured.text.trim(), "token=42");
+}

@@ -113,6 +113,7 @@ macro_rules! conformance_tests {
             a_commit_with_a_stale_epoch_is_fenced_and_changes_nothing,
             renewal_after_a_takeover_reports_the_lease_lost,
             released_leases_are_claimed_at_once,
+            notices_announce_committed_changes,
             concurrent_claimers_never_share_a_run_at_one_epoch,
             replicas_list_their_heartbeats_and_leases,
             maintenances_schedule_update_and_list,
@@ -2892,4 +2893,72 @@ pub async fn concurrent_schedules_keep_the_headroom(stores: Vec<Arc<dyn Store>>)
 
 pub async fn concurrent_schedules_never_take_more_than_the_headroom<S: Store>(store: S) {
     concurrent_schedules_keep_the_headroom(vec![Arc::new(store)]).await;
+}
+
+/// Longest a case waits for a notice it expects.
+pub const NOTICE_WAIT_MS: u64 = 10_000;
+
+/// The next notice `wanted` accepts, skipping others (a listener's `Resync`, say); panics
+/// after [`NOTICE_WAIT_MS`].
+pub async fn next_notice(
+    notices: &mut tokio::sync::broadcast::Receiver<crate::Notice>,
+    what: &str,
+    wanted: impl Fn(&crate::Notice) -> bool,
+) -> crate::Notice {
+    let wait = async {
+        loop {
+            match notices.recv().await {
+                Ok(notice) if wanted(&notice) => return notice,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    panic!("the notices closed while waiting for {what}")
+                }
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_millis(NOTICE_WAIT_MS), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no notice of {what} within {NOTICE_WAIT_MS} ms"))
+}
+
+/// A committed setting, new definitions and released leases are announced to subscribers.
+pub async fn notices_announce_committed_changes<S: Store>(store: S) {
+    let mut notices = store.notices();
+    // On PostgreSQL the listener announces itself with a resync once it listens; a notice
+    // sent before that would be missed, which is what the resync says.
+    if store.backend() == "postgres" {
+        next_notice(&mut notices, "the listener's resync", |n| {
+            *n == crate::Notice::Resync
+        })
+        .await;
+    }
+    store
+        .set_setting("global_pause", json!({ "paused": true }), None)
+        .await
+        .unwrap();
+    let key = "global_pause".to_string();
+    next_notice(&mut notices, "the setting", |n| {
+        *n == crate::Notice::Setting { key: key.clone() }
+    })
+    .await;
+    let def = linear_def("web");
+    store
+        .apply(vec![new_definition(&def, "d1")], vec![], vec![])
+        .await
+        .unwrap();
+    next_notice(&mut notices, "the definitions", |n| {
+        *n == crate::Notice::Definitions
+    })
+    .await;
+    started_test_run(&store, "run-1").await;
+    let held = store
+        .claim_runs("r1", NOW_MS, TEST_LEASE_TTL_MS, 10)
+        .await
+        .unwrap();
+    assert_eq!(store.release_leases("r1", &held).await.unwrap(), 1);
+    next_notice(&mut notices, "the released lease", |n| {
+        *n == crate::Notice::RunsClaimable
+    })
+    .await;
+    store.close().await;
 }

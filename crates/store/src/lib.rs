@@ -8,6 +8,7 @@
 //! commit is durable.
 
 pub mod conformance;
+mod notices;
 pub mod postgres;
 mod queue;
 mod rows;
@@ -20,6 +21,10 @@ use levee_engine::runbook::{Change as RunChange, JournalEntry, RunState, RunStat
 use levee_engine::{Change, HistoryEntry, MachineRecord, Refusal};
 use serde::{Deserialize, Serialize};
 
+pub use notices::{
+    MAX_NOTICE_PAYLOAD_BYTES, NOTICE_BUFFER, NOTICE_CHANNEL, NOTICE_RECONNECT_MAX_MS,
+    NOTICE_RECONNECT_MIN_MS, Notice,
+};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -605,6 +610,12 @@ pub trait Store: Send + Sync + 'static {
     /// with `Unavailable`. Call it on graceful shutdown so nothing acknowledged is left behind
     /// and the database is left tidy (SQLite folds its write-ahead log back into the file).
     async fn close(&self) {}
+
+    /// Notices of committed changes, from every writer of this database (other replicas and
+    /// this one): see [`Notice`]. A receiver that falls more than [`NOTICE_BUFFER`] behind
+    /// gets `Lagged` and must treat it as [`Notice::Resync`]. Notices only wake a replica
+    /// early: whatever they announce is also found by polling.
+    fn notices(&self) -> tokio::sync::broadcast::Receiver<Notice>;
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -85,6 +85,19 @@ struct Inner {
     pool: PgPool,
     /// `postgres://user@host:port/database`, for messages: never the password.
     label: String,
+    /// Notices from every replica, broadcast by the listener task.
+    notices: tokio::sync::broadcast::Sender<crate::Notice>,
+    /// The listener, started by the first call to `notices()`: a store nobody asks for
+    /// notices holds no listening connection.
+    listener: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.get() {
+            listener.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -221,6 +234,8 @@ impl PostgresStore {
                 writes,
                 pool,
                 label,
+                notices: crate::notices::channel(),
+                listener: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -243,6 +258,9 @@ impl PostgresStore {
         {
             // An error means the writer already stopped, which is what was asked for.
             drop(closed.await);
+        }
+        if let Some(listener) = self.inner.listener.get() {
+            listener.abort();
         }
         self.inner.pool.close().await;
     }
@@ -753,6 +771,18 @@ impl Store for PostgresStore {
 
     async fn close(&self) {
         PostgresStore::close(self).await;
+    }
+
+    fn notices(&self) -> tokio::sync::broadcast::Receiver<crate::Notice> {
+        let receiver = self.inner.notices.subscribe();
+        self.inner.listener.get_or_init(|| {
+            tokio::spawn(leases::listen(
+                self.inner.pool.clone(),
+                self.inner.label.clone(),
+                self.inner.notices.clone(),
+            ))
+        });
+        receiver
     }
 }
 

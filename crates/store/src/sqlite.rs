@@ -81,6 +81,8 @@ struct Inner {
     /// writer (see `leases.rs` for why that is safe).
     lease: SqlitePool,
     path: PathBuf,
+    /// Notices of this store's commits, broadcast in process (one process per file).
+    notices: tokio::sync::broadcast::Sender<crate::Notice>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -252,7 +254,14 @@ impl SqliteStore {
             .await
             .map_err(|e| open_error(path, e))?;
         let (writes, queue) = mpsc::channel(WRITE_QUEUE_CAPACITY);
-        let writer = Writer::new(conn, options, queue, path.display().to_string());
+        let notices = crate::notices::channel();
+        let writer = Writer::new(
+            conn,
+            options,
+            queue,
+            path.display().to_string(),
+            notices.clone(),
+        );
         tokio::spawn(writer.run());
         tracing::debug!(database = %path.display(), "SQLite store open");
         Ok(SqliteStore {
@@ -261,6 +270,7 @@ impl SqliteStore {
                 read,
                 lease,
                 path: path.to_path_buf(),
+                notices,
             }),
         })
     }
@@ -713,7 +723,12 @@ impl Store for SqliteStore {
     }
 
     async fn release_leases(&self, owner: &str, held: &[Lease]) -> Result<u64> {
-        leases::release_leases(&self.inner.lease, owner, held).await
+        let released = leases::release_leases(&self.inner.lease, owner, held).await?;
+        if released > 0 {
+            // No receiver is not an error: nobody is listening.
+            let _ = self.inner.notices.send(crate::Notice::RunsClaimable);
+        }
+        Ok(released)
     }
 
     async fn run_owner(&self, run_id: &str) -> Result<Option<RunOwner>> {
@@ -775,6 +790,10 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         SqliteStore::close(self).await;
+    }
+
+    fn notices(&self) -> tokio::sync::broadcast::Receiver<crate::Notice> {
+        self.inner.notices.subscribe()
     }
 }
 

@@ -645,3 +645,52 @@ async fn replicas_scheduling_at_once_never_take_more_than_the_headroom() {
         .collect();
     levee_store::conformance::concurrent_schedules_keep_the_headroom(stores).await;
 }
+
+/// One replica's commits reach another replica's notices: machines with their new versions,
+/// settings; when the server ends the listening session, the listener reconnects, says
+/// `Resync` (notices may have been missed), and delivers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_reach_other_replicas_and_survive_killed_sessions() {
+    use levee_store::Notice;
+    use levee_store::conformance::next_notice;
+    let Some((stores, database)) = replicas(2).await else {
+        return;
+    };
+    let (writer, listener) = (&stores[0], &stores[1]);
+    let mut notices = listener.notices();
+    next_notice(&mut notices, "the first resync", |n| *n == Notice::Resync).await;
+    let def = Arc::new(counting_def("c", 1_000));
+    create_machines(writer, &def, &[("c", None)]).await;
+    for round in 1..=2 {
+        let outcome = writer
+            .run(vec![report_op(&def, "c", "wait", None, None)])
+            .await
+            .unwrap();
+        let OpOutcome::Applied(change) = &outcome[0] else {
+            panic!("{outcome:?}");
+        };
+        let version = change.record.version;
+        next_notice(&mut notices, "the machine's new version", |n| {
+            matches!(n, Notice::Machines { versions } if versions.contains(&("c".to_string(), version)))
+        })
+        .await;
+        writer
+            .set_setting("global_pause", serde_json::json!(round), None)
+            .await
+            .unwrap();
+        next_notice(
+            &mut notices,
+            "the setting",
+            |n| matches!(n, Notice::Setting { key } if key == "global_pause"),
+        )
+        .await;
+        assert!(kill_sessions(&database).await > 0, "round {round}");
+        next_notice(&mut notices, "the resync after the kill", |n| {
+            *n == Notice::Resync
+        })
+        .await;
+    }
+    for store in &stores {
+        store.close().await;
+    }
+}

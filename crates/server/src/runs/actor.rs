@@ -422,6 +422,7 @@ impl Actor {
                     started: started.contains(&(index, attempt)),
                     step_state,
                     pace: pace_watch,
+                    epoch: self.epoch,
                 });
             }
             Action::CancelTask { task, attempt } => {

@@ -52,6 +52,8 @@ pub(crate) struct Attempt {
     pub step_state: Value,
     /// The operator's pace, as it changes.
     pub pace: PaceWatch,
+    /// The run's lease epoch, handed to stages whose targets accept a fencing token.
+    pub epoch: i64,
 }
 
 pub(crate) fn spawn(attempt: Attempt) {
@@ -327,6 +329,7 @@ impl Attempt {
             checks: Arc::new(ServerChecks {
                 app: self.app.clone(),
             }),
+            fencing_token: Some(self.epoch),
         };
         let mut health = tokio::time::interval_at(
             Instant::now() + Duration::from_millis(HEALTH_CHECK_INTERVAL_MS),

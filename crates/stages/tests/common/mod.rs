@@ -87,6 +87,17 @@ pub async fn start(redirect_target: Option<String>) -> TestServer {
             }),
         )
         .route(
+            "/fence",
+            any(|headers: HeaderMap| async move {
+                headers
+                    .get_all(levee_stages::FENCING_TOKEN_HEADER)
+                    .iter()
+                    .map(|value| value.to_str().unwrap_or("?").to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
+        )
+        .route(
             "/slow",
             get(|| async {
                 tokio::time::sleep(Duration::from_secs(30)).await;

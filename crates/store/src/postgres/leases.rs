@@ -148,18 +148,26 @@ pub(crate) async fn release_leases(pool: &PgPool, owner: &str, leases: &[Lease])
     }
     let ids = array(leases, |l| l.run_id.as_str());
     let epochs = array(leases, |l| l.epoch);
+    let claimable = crate::Notice::RunsClaimable.payloads().concat();
     let released = leases_of(pool, "release leases", || {
+        // The notice is sent once per released row, in the statement's own transaction;
+        // PostgreSQL folds identical notices of one transaction into one.
         sqlx::query(
-            "UPDATE runs SET owner = NULL, lease_expires_ms = NULL \
-             FROM UNNEST($2::text[], $3::bigint[]) AS v (id, epoch) \
-             WHERE runs.id = v.id AND runs.epoch = v.epoch AND runs.owner = $1 \
-               AND runs.id IN (SELECT id FROM runs WHERE id = ANY($2) AND owner = $1 \
-                   ORDER BY id FOR UPDATE) \
-             RETURNING runs.id, runs.epoch, runs.lease_expires_ms",
+            "WITH released AS ( \
+                 UPDATE runs SET owner = NULL, lease_expires_ms = NULL \
+                 FROM UNNEST($2::text[], $3::bigint[]) AS v (id, epoch) \
+                 WHERE runs.id = v.id AND runs.epoch = v.epoch AND runs.owner = $1 \
+                   AND runs.id IN (SELECT id FROM runs WHERE id = ANY($2) AND owner = $1 \
+                       ORDER BY id FOR UPDATE) \
+                 RETURNING runs.id, runs.epoch, runs.lease_expires_ms) \
+             SELECT id, epoch, lease_expires_ms, pg_notify($4, $5)::text AS notified \
+             FROM released",
         )
         .bind(owner)
         .bind(ids.clone())
         .bind(epochs.clone())
+        .bind(crate::NOTICE_CHANNEL)
+        .bind(claimable.clone())
     })
     .await?;
     Ok(released.len() as u64)
@@ -234,4 +242,63 @@ pub(crate) async fn replicas(pool: &PgPool, seen_since_ms: i64) -> Result<Vec<Re
         Ok::<_, sqlx::Error>(replicas_with_leases(replicas, leases))
     };
     read.await.map_err(|e| db_error("list replicas", e))
+}
+
+/// Listens for notices on its own connection of `pool` and broadcasts them, reconnecting (with
+/// a [`crate::Notice::Resync`] after each connect, since notices sent meanwhile are lost) until
+/// the pool is closed.
+pub(crate) async fn listen(
+    pool: PgPool,
+    label: String,
+    notices: tokio::sync::broadcast::Sender<crate::Notice>,
+) {
+    use sqlx::postgres::PgListener;
+    let mut wait_ms = crate::NOTICE_RECONNECT_MIN_MS;
+    loop {
+        if pool.is_closed() {
+            return;
+        }
+        let listener = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            // Reconnecting is this loop's job, so a reconnect always ends in a resync.
+            listener.eager_reconnect(false);
+            listener.listen(crate::NOTICE_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match listener.await {
+            Ok(mut listener) => {
+                wait_ms = crate::NOTICE_RECONNECT_MIN_MS;
+                tracing::debug!(database = %label, "listening for notices");
+                let _ = notices.send(crate::Notice::Resync);
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(notification)) => {
+                            if let Some(notice) =
+                                crate::Notice::from_payload(notification.payload())
+                            {
+                                let _ = notices.send(notice);
+                            }
+                        }
+                        Ok(None) => {
+                            tracing::warn!(database = %label, "notice listener lost its connection; reconnecting");
+                            break;
+                        }
+                        Err(error) => {
+                            if !pool.is_closed() {
+                                tracing::warn!(database = %label, %error, "notice listener failed; reconnecting");
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                if !pool.is_closed() {
+                    tracing::warn!(database = %label, %error, wait_ms, "cannot listen for notices; retrying");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        wait_ms = (wait_ms * 2).min(crate::NOTICE_RECONNECT_MAX_MS);
+    }
 }

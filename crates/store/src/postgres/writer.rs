@@ -423,6 +423,9 @@ struct Batch {
     audit: Vec<AuditEntry>,
     seqs: Seqs,
     runs: RunBatch,
+    /// What the batch changed that other replicas may act on, sent with `pg_notify` inside
+    /// the transaction, so it is delivered only if the batch commits.
+    notices: Vec<crate::Notice>,
 }
 
 /// Where a call started, so a call whose op fails can be taken back out of the batch.
@@ -488,6 +491,7 @@ impl Batch {
                 expected: expected_history,
             },
             runs: RunBatch::default(),
+            notices: Vec::new(),
         }
     }
 
@@ -624,6 +628,8 @@ impl Batch {
                         let outcome = write_setting(conn, key, value, at_ms).await?;
                         if outcome.is_ok() {
                             push_audit(&mut self.audit, audit.clone(), "ok");
+                            self.notices
+                                .push(crate::Notice::Setting { key: key.clone() });
                         }
                         outcome
                     }
@@ -936,7 +942,11 @@ impl Batch {
             );
             created.push(change.record.clone());
         }
-        let changed = stored.iter().any(|(_, new)| *new) || !created.is_empty();
+        let new_definitions = stored.iter().any(|(_, new)| *new);
+        if new_definitions && !self.notices.contains(&crate::Notice::Definitions) {
+            self.notices.push(crate::Notice::Definitions);
+        }
+        let changed = new_definitions || !created.is_empty();
         for audit in audits {
             push_audit(
                 &mut self.audit,
@@ -1043,9 +1053,31 @@ impl Batch {
             })
             .collect();
         upsert_machines(conn, &records).await?;
+        if !records.is_empty() {
+            self.notices.push(crate::Notice::Machines {
+                versions: records.iter().map(|r| (r.id.clone(), r.version)).collect(),
+            });
+        }
         insert_history(conn, &self.history).await?;
-        insert_audit(conn, &self.audit).await
+        insert_audit(conn, &self.audit).await?;
+        notify(conn, &self.notices).await
     }
+}
+
+/// Sends the batch's notices, in its transaction: PostgreSQL delivers them at the commit, and
+/// drops them if the transaction rolls back.
+async fn notify(conn: &mut PgConnection, notices: &[crate::Notice]) -> Result<(), Abort> {
+    let payloads: Vec<String> = notices.iter().flat_map(crate::Notice::payloads).collect();
+    if payloads.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p")
+        .bind(crate::NOTICE_CHANNEL)
+        .bind(payloads)
+        .execute(conn)
+        .await
+        .map_err(abort("send notices"))?;
+    Ok(())
 }
 
 async fn execute(conn: &mut PgConnection, sql: &str, what: &'static str) -> Result<(), Abort> {

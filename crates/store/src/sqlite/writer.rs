@@ -82,6 +82,8 @@ pub(crate) struct Writer {
     rx: mpsc::Receiver<Request>,
     /// The database path, for messages.
     label: String,
+    /// Where the notices of each committed batch are broadcast.
+    notices: tokio::sync::broadcast::Sender<crate::Notice>,
 }
 
 impl Writer {
@@ -90,6 +92,7 @@ impl Writer {
         options: SqliteConnectOptions,
         rx: mpsc::Receiver<Request>,
         label: String,
+        notices: tokio::sync::broadcast::Sender<crate::Notice>,
     ) -> Writer {
         // A reconnect after a failure must find the database where it was: creating an empty
         // file in its place would hide the problem behind "no such table" errors.
@@ -99,6 +102,7 @@ impl Writer {
             options,
             rx,
             label,
+            notices,
         }
     }
 
@@ -176,8 +180,9 @@ impl Writer {
         let count = writes.len();
         let mut done: Vec<Finish> = Vec::with_capacity(count);
         let mut pending = writes.into_iter();
+        let mut notices = Vec::new();
         let result = match self.connection().await {
-            Ok(conn) => run_batch(conn, &mut pending, &mut done).await,
+            Ok(conn) => run_batch(conn, &mut pending, &mut done, &mut notices).await,
             Err(error) => Err(error),
         };
         match result {
@@ -185,6 +190,10 @@ impl Writer {
                 tracing::trace!(requests = count, "write batch committed");
                 for finish in done {
                     finish(None);
+                }
+                for notice in notices {
+                    // No receiver is not an error: nobody is listening.
+                    let _ = self.notices.send(notice);
                 }
             }
             Err(error) => {
@@ -239,6 +248,7 @@ async fn run_batch(
     conn: &mut SqliteConnection,
     pending: &mut std::vec::IntoIter<Write>,
     done: &mut Vec<Finish>,
+    notices: &mut Vec<crate::Notice>,
 ) -> Result<()> {
     sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut *conn)
@@ -260,7 +270,14 @@ async fn run_batch(
                 audits,
                 reply,
             } => {
+                let any_definitions = !definitions.is_empty();
                 let outcome = batch.apply(conn, definitions, machines, audits).await;
+                if any_definitions
+                    && matches!(&outcome, Ok(Ok(applied)) if applied.definitions.iter().any(|(_, new)| *new))
+                    && !notices.contains(&crate::Notice::Definitions)
+                {
+                    notices.push(crate::Notice::Definitions);
+                }
                 settle(done, reply, outcome)?;
             }
             Write::Audit { entry, reply } => {
@@ -303,6 +320,7 @@ async fn run_batch(
                 let outcome = write_setting(conn, &key, &value, at_ms).await;
                 if matches!(outcome, Ok(Ok(()))) {
                     push_audit(&mut batch.audit, audit, "ok");
+                    notices.push(crate::Notice::Setting { key: key.clone() });
                 }
                 settle(done, reply, outcome)?;
             }
