@@ -29,6 +29,7 @@
 //! nodes that remember their line and column, then serde types are read from that tree by a
 //! deserializer that records every error where it happened and carries on.
 
+pub mod cron;
 pub mod diagnostic;
 pub mod fleet;
 pub mod graph;
