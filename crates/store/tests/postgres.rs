@@ -645,3 +645,16 @@ async fn replicas_scheduling_at_once_never_take_more_than_the_headroom() {
         .collect();
     levee_store::conformance::concurrent_schedules_keep_the_headroom(stores).await;
 }
+
+/// Three replicas' schedulers claiming one drain test firing at once: exactly one stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_claiming_one_drain_test_firing_store_it_once() {
+    let Some((stores, _database)) = replicas(3).await else {
+        return;
+    };
+    let stores: Vec<std::sync::Arc<dyn levee_store::Store>> = stores
+        .into_iter()
+        .map(|store| std::sync::Arc::new(store) as std::sync::Arc<dyn levee_store::Store>)
+        .collect();
+    levee_store::conformance::concurrent_drain_test_claims_land_once(stores).await;
+}
