@@ -283,3 +283,42 @@ storm: true
     let run = server.get(&format!("/api/v1/runs/{run_id}")).await.json();
     assert_eq!(run["params"]["storm"], true, "{run:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firing_missed_by_more_than_the_catch_up_window_is_recorded_as_skipped() {
+    let server = server_at(BEFORE_FIRING_MS, None).await;
+    server
+        .apply(
+            "dt.yaml",
+            &format!("{RUNBOOKS}---\n{}", nightly("late", "restore-dc")),
+        )
+        .await;
+    // The servers "come back" two hours after the 03:00 firing.
+    let two_hours_ms = 2 * 3_600_000;
+    server.clock.set_ms(FIRING_MS + two_hours_ms);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(FINISH_TIMEOUT_MS);
+    let history = loop {
+        let history = show(&server, "late").await["history"].clone();
+        if history.as_array().is_some_and(|h| !h.is_empty()) {
+            break history;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(history.as_array().map(Vec::len), Some(1), "{history:#}");
+    assert_eq!(history[0]["state"], "skipped", "{history:#}");
+    assert_eq!(history[0]["id"], "dt-late-20260106T0300Z");
+    assert!(
+        history[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("missed by 7200 s")),
+        "{history:#}"
+    );
+    assert_eq!(history[0]["drain_run"], Value::Null);
+    // The next day's firing, on time, runs.
+    server.clock.set_ms(FIRING_MS + 24 * 3_600_000 + 10_000);
+    let history = wait_finished(&server, "late").await;
+    assert_eq!(history[0]["id"], "dt-late-20260107T0300Z");
+    assert_eq!(history[0]["state"], "passed", "{:#}", history[0]);
+    assert_eq!(history.len(), 2);
+}
