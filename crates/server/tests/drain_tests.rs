@@ -322,3 +322,162 @@ async fn a_firing_missed_by_more_than_the_catch_up_window_is_recorded_as_skipped
     assert_eq!(history[0]["state"], "passed", "{:#}", history[0]);
     assert_eq!(history.len(), 2);
 }
+
+/// How long connecting to the test PostgreSQL server may take, in milliseconds.
+const POSTGRES_CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+/// A fresh database on the PostgreSQL server `LEVEE_TEST_POSTGRES_URL` names: its URL and
+/// name. `None` (a skip, said on stderr) outside CI when there is none; CI fails instead.
+async fn fresh_postgres_database() -> Option<(String, String)> {
+    use sqlx::Connection;
+    let server = std::env::var("LEVEE_TEST_POSTGRES_URL").ok();
+    let connected = match &server {
+        Some(url) => tokio::time::timeout(
+            Duration::from_millis(POSTGRES_CONNECT_TIMEOUT_MS),
+            sqlx::PgConnection::connect(url),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok),
+        None => None,
+    };
+    let Some(mut admin) = connected else {
+        let help = format!("PostgreSQL is not reachable at LEVEE_TEST_POSTGRES_URL ({server:?})");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{help}; CI is set, so this fails"
+        );
+        eprintln!("SKIPPING the PostgreSQL drain test: {help}");
+        return None;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = format!("levee_drain_test_{}_{nanos}", std::process::id());
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+    let server = server.expect("a server URL");
+    let base = server
+        .rsplit_once('/')
+        .map_or(server.as_str(), |(base, _)| base);
+    Some((format!("{base}/{name}"), name))
+}
+
+/// A Levee server on the PostgreSQL database at `url`, on a manual clock; its base URL.
+async fn postgres_replica(
+    url: &str,
+    clock: std::sync::Arc<levee_server::clock::ManualClock>,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let store = levee_store::PostgresStore::connect(url)
+        .await
+        .expect("connect the PostgreSQL store");
+    let app = levee_server::App::open(
+        std::sync::Arc::new(store),
+        clock,
+        levee_server::AppOptions::default(),
+    )
+    .await
+    .expect("open the app");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(levee_server::serve(listener, app, async move {
+        let _ = stopped.await;
+    }));
+    (base, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgresql_fire_a_scheduled_drain_test_once() {
+    let Some((url, name)) = fresh_postgres_database().await else {
+        return;
+    };
+    let clocks: Vec<_> = (0..2)
+        .map(|_| std::sync::Arc::new(levee_server::clock::ManualClock::new(BEFORE_FIRING_MS)))
+        .collect();
+    let mut replicas = Vec::new();
+    for clock in &clocks {
+        replicas.push(postgres_replica(&url, clock.clone()).await);
+    }
+    let client = common::client();
+    let source = format!("{RUNBOOKS}---\n{}", nightly("nightly", "restore-dc"));
+    let applied = client
+        .post(format!("{}/api/v1/definitions", replicas[0].0))
+        .json(&serde_json::json!({ "files": [{ "name": "dt.yaml", "content": source }] }))
+        .send()
+        .await
+        .expect("apply");
+    assert_eq!(
+        applied.status(),
+        StatusCode::OK,
+        "{:?}",
+        applied.text().await
+    );
+    for clock in &clocks {
+        clock.set_ms(FIRING_MS + 30_000);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(FINISH_TIMEOUT_MS);
+    let history = loop {
+        let view: Value = client
+            .get(format!("{}/api/v1/drain-tests/nightly", replicas[1].0))
+            .send()
+            .await
+            .expect("show")
+            .json()
+            .await
+            .expect("json");
+        let history = view["history"].as_array().cloned().unwrap_or_default();
+        if history
+            .first()
+            .is_some_and(|e| e["state"] == "passed" || e["state"] == "failed")
+        {
+            break history;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not finished: {view:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(NO_SECOND_FIRING_WATCH_MS)).await;
+    let again: Value = client
+        .get(format!(
+            "{}/api/v1/drain-tests/nightly/executions",
+            replicas[0].0
+        ))
+        .send()
+        .await
+        .expect("history")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(again.as_array().map(Vec::len), Some(1), "{again:#}");
+    assert_eq!(history[0]["id"], "dt-nightly-20260106T0300Z");
+    assert_eq!(history[0]["state"], "passed", "{:#}", history[0]);
+    let runs: Value = client
+        .get(format!("{}/api/v1/runs", replicas[0].0))
+        .send()
+        .await
+        .expect("runs")
+        .json()
+        .await
+        .expect("json");
+    let count = runs["runs"].as_array().or(runs.as_array()).map(Vec::len);
+    assert_eq!(count, Some(2), "one drain and one restore run: {runs:#}");
+    for (_, stop) in replicas {
+        let _ = stop.send(());
+    }
+    // Best effort: the servers' pools may still hold connections, hence FORCE.
+    if let Ok(admin_url) = std::env::var("LEVEE_TEST_POSTGRES_URL") {
+        use sqlx::Connection;
+        if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .execute(&mut admin)
+                .await;
+        }
+    }
+}
