@@ -1163,6 +1163,34 @@ impl Store for CountingStore {
         self.inner.maintenances(filter).await
     }
 
+    async fn claim_drain_test_slot(
+        &self,
+        execution: &levee_store::DrainTestExecution,
+    ) -> levee_store::Result<bool> {
+        self.inner.claim_drain_test_slot(execution).await
+    }
+
+    async fn update_drain_test_execution(
+        &self,
+        execution: &levee_store::DrainTestExecution,
+    ) -> levee_store::Result<()> {
+        self.inner.update_drain_test_execution(execution).await
+    }
+
+    async fn drain_test_execution(
+        &self,
+        id: &str,
+    ) -> levee_store::Result<Option<levee_store::DrainTestExecution>> {
+        self.inner.drain_test_execution(id).await
+    }
+
+    async fn drain_test_executions(
+        &self,
+        filter: &levee_store::DrainTestFilter,
+    ) -> levee_store::Result<Vec<levee_store::DrainTestExecution>> {
+        self.inner.drain_test_executions(filter).await
+    }
+
     async fn close(&self) {
         self.inner.close().await;
     }

@@ -96,6 +96,9 @@ pub enum Command {
     /// Plans, schedules, follows and steers maintenance of racks, switches and power domains.
     #[command(subcommand)]
     Maint(crate::maint::MaintCommand),
+    /// Lists, shows and runs drain tests, and shows their history and reports.
+    #[command(subcommand, name = "drain-test")]
+    DrainTest(crate::drain_tests::DrainTestCommand),
     /// Prints the JSON Schema of `kind: StateMachine` documents, for editors.
     Schema,
 }
@@ -471,6 +474,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Audit(args) => audit(&args).await,
         Command::Fleet(command) => crate::maint::fleet(command).await,
         Command::Maint(command) => crate::maint::maint(command).await,
+        Command::DrainTest(command) => crate::drain_tests::drain_test(command).await,
         Command::Schema => schema(),
     };
     match outcome {

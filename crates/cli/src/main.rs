@@ -4,6 +4,7 @@ mod client;
 mod commands;
 mod demo;
 mod deps;
+mod drain_tests;
 mod maint;
 mod runs;
 mod serve;

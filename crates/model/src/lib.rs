@@ -7,7 +7,7 @@
 //!
 //! - [`load_documents`] (and [`load_documents_with_warnings`]) reads a file of `---`-separated
 //!   native definitions (`kind: StateMachine`, `kind: Runbook`, `kind: TaskTemplate`,
-//!   `kind: Fleet`, `kind: MaintenancePolicy`, `kind: RemediationRule`) and
+//!   `kind: Fleet`, `kind: MaintenancePolicy`, `kind: RemediationRule`, `kind: DrainTest`) and
 //!   reports every problem it finds, each with a stable code such as `unknown-key` or
 //!   `unknown-state`.
 //! - [`link`] checks runbooks and templates against each other (across files) and against the
@@ -21,7 +21,8 @@
 //!   the checks that need the whole fleet; [`selector`] is the selector grammar and the
 //!   inverted [`HostIndex`] that resolves selectors; [`maintenance_policy`] is a service's
 //!   decision matrix; [`remediation_rule`] is an alert-driven repair rule (label matchers,
-//!   the host's label, the runbook, its limits). Capacity arithmetic and preflight live in the `levee-fleet` crate.
+//!   the host's label, the runbook, its limits); [`drain_test`] is a scheduled drain test
+//!   (runbook, target, [`cron`] schedule in a time zone, pass criteria, restore). Capacity arithmetic and preflight live in the `levee-fleet` crate.
 //! - [`parse_duration_ms`] and [`names`] are the shapes of durations and names, for other
 //!   crates that accept them (URLs, CLI arguments).
 //!
@@ -29,7 +30,9 @@
 //! nodes that remember their line and column, then serde types are read from that tree by a
 //! deserializer that records every error where it happened and carries on.
 
+pub mod cron;
 pub mod diagnostic;
+pub mod drain_test;
 pub mod fleet;
 pub mod graph;
 pub mod link;
@@ -51,7 +54,11 @@ mod runbook_spec;
 mod state_machine;
 mod yaml;
 
+pub use cron::{Cron, CronError};
 pub use diagnostic::{Diagnostic, Severity};
+pub use drain_test::{
+    DRAIN_TEST_KIND, DrainSchedule, DrainTarget, DrainTestDef, PassCriteria, RunbookCall,
+};
 pub use fleet::{
     Amount, CapacityPolicy, DependencyDef, DependencyKind, DomainLevel, Domains, FLEET_KIND,
     FleetDef, HostChoice, HostDef, PoolDef, ServiceDef,

@@ -175,7 +175,8 @@ pub fn link(
             Definition::StateMachine(_)
             | Definition::Fleet(_)
             | Definition::MaintenancePolicy(_)
-            | Definition::RemediationRule(_) => {}
+            | Definition::RemediationRule(_)
+            | Definition::DrainTest(_) => {}
         }
     }
     for def in defs {

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 
 use crate::de::{Reader, UnknownKeys};
+use crate::drain_test::{self, DRAIN_TEST_KIND, DrainTestDef};
 use crate::fleet::{FLEET_KIND, FleetDef};
 use crate::fleet_spec;
 use crate::machine::MachineDef;
@@ -59,6 +60,8 @@ pub enum Definition {
     MaintenancePolicy(MaintenancePolicyDef),
     /// Valid on its own; the server checks that its runbook and fleet exist.
     RemediationRule(RemediationRuleDef),
+    /// Valid on its own; the server checks that its runbooks exist and take its parameters.
+    DrainTest(DrainTestDef),
 }
 
 impl Definition {
@@ -71,6 +74,7 @@ impl Definition {
             Definition::Fleet(_) => FLEET_KIND,
             Definition::MaintenancePolicy(_) => MAINTENANCE_POLICY_KIND,
             Definition::RemediationRule(_) => REMEDIATION_RULE_KIND,
+            Definition::DrainTest(_) => DRAIN_TEST_KIND,
         }
     }
 
@@ -83,6 +87,7 @@ impl Definition {
             Definition::Fleet(fleet) => &fleet.name,
             Definition::MaintenancePolicy(policy) => &policy.name,
             Definition::RemediationRule(rule) => &rule.name,
+            Definition::DrainTest(test) => &test.name,
         }
     }
 
@@ -95,6 +100,7 @@ impl Definition {
             Definition::Fleet(def) => serde_json::to_value(def),
             Definition::MaintenancePolicy(def) => serde_json::to_value(def),
             Definition::RemediationRule(def) => serde_json::to_value(def),
+            Definition::DrainTest(def) => serde_json::to_value(def),
         }
     }
 
@@ -143,6 +149,20 @@ impl Definition {
                 def.describe_matchers(),
                 def.runbook.value
             ),
+            Definition::DrainTest(def) => format!(
+                "DrainTest {} ({} on {}{})",
+                def.name,
+                def.drain.runbook.value,
+                match &def.target {
+                    crate::drain_test::DrainTarget::Datacenter(dc) => dc.clone(),
+                    crate::drain_test::DrainTarget::LeastRecentlyTested(dcs) =>
+                        format!("the least recently tested of {}", dcs.join(", ")),
+                },
+                match &def.schedule {
+                    Some(schedule) => format!(", `{}` {}", schedule.cron, schedule.time_zone),
+                    None => ", on demand".to_string(),
+                }
+            ),
         }
     }
 
@@ -166,6 +186,14 @@ impl Definition {
     pub fn as_remediation_rule(&self) -> Option<&RemediationRuleDef> {
         match self {
             Definition::RemediationRule(rule) => Some(rule),
+            _ => None,
+        }
+    }
+
+    /// The drain test, if this is one.
+    pub fn as_drain_test(&self) -> Option<&DrainTestDef> {
+        match self {
+            Definition::DrainTest(test) => Some(test),
             _ => None,
         }
     }
@@ -222,7 +250,12 @@ pub(crate) const KINDS: &[(&str, CompileFn)] = &[
     (FLEET_KIND, compile_fleet),
     (MAINTENANCE_POLICY_KIND, compile_policy),
     (REMEDIATION_RULE_KIND, compile_remediation_rule),
+    (DRAIN_TEST_KIND, compile_drain_test),
 ];
+
+fn compile_drain_test(root: &Node, reader: &Reader, _ctx: &LoadContext) -> Option<Definition> {
+    drain_test::compile_drain_test(root, reader).map(Definition::DrainTest)
+}
 
 fn compile_remediation_rule(
     root: &Node,

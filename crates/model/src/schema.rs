@@ -26,6 +26,7 @@
 
 use schemars::generate::SchemaSettings;
 
+use crate::drain_test::DrainTestSpec;
 use crate::fleet_spec::FleetSpec;
 use crate::maintenance_policy::MaintenancePolicySpec;
 use crate::remediation_rule::RemediationRuleSpec;
@@ -124,6 +125,22 @@ pub fn remediation_rule_schema() -> serde_json::Value {
 /// [`remediation_rule_schema`] as written to [`REMEDIATION_RULE_SCHEMA_PATH`].
 pub fn remediation_rule_schema_text() -> String {
     pretty(&remediation_rule_schema())
+}
+
+/// Where the drain test schema lives, relative to the repository root.
+pub const DRAIN_TEST_SCHEMA_PATH: &str = "schemas/drain-test.schema.json";
+
+/// The JSON Schema of a `kind: DrainTest` document. It cannot check that the cron expression
+/// and the time zone are valid nor that the runbooks take the test's parameters:
+/// `levee validate` and `levee apply` do.
+pub fn drain_test_schema() -> serde_json::Value {
+    let generator = SchemaSettings::draft07().for_deserialize().into_generator();
+    generator.into_root_schema_for::<DrainTestSpec>().to_value()
+}
+
+/// [`drain_test_schema`] as written to [`DRAIN_TEST_SCHEMA_PATH`].
+pub fn drain_test_schema_text() -> String {
+    pretty(&drain_test_schema())
 }
 
 fn pretty(schema: &serde_json::Value) -> String {

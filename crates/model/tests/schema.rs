@@ -201,3 +201,44 @@ fn fleet_and_policy_schemas_describe_hosts_pools_and_rules() {
     assert_eq!(action["anyOf"][0]["enum"][0], "drain_and_wait");
     assert!(policy["definitions"]["Rule"]["properties"]["up_to"].is_object());
 }
+
+#[test]
+fn drain_test_schema_file_is_up_to_date() {
+    check_file(
+        levee_model::schema::DRAIN_TEST_SCHEMA_PATH,
+        levee_model::schema::drain_test_schema_text(),
+    );
+}
+
+#[test]
+fn drain_test_schema_describes_target_schedule_and_pass() {
+    let test = levee_model::schema::drain_test_schema();
+    assert_eq!(test["additionalProperties"], false);
+    assert_eq!(test["properties"]["kind"]["const"], "DrainTest");
+    for key in [
+        "runbook",
+        "params",
+        "target_param",
+        "target",
+        "schedule",
+        "pass",
+        "restore",
+        "storm",
+    ] {
+        assert!(test["properties"][key].is_object(), "drain test key {key}");
+    }
+    let required: Vec<&str> = test["required"]
+        .as_array()
+        .expect("required keys")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(required, ["kind", "name", "runbook", "target", "restore"]);
+    // A target is a datacenter's name, or the long form.
+    let target = &test["definitions"]["Target"];
+    assert_eq!(target["anyOf"][0]["type"], "string", "{target}");
+    assert!(target["anyOf"][1]["properties"]["least_recently_tested"].is_object());
+    let schedule = &test["definitions"]["Schedule"];
+    assert_eq!(schedule["additionalProperties"], false);
+    assert!(schedule["properties"]["time_zone"].is_object());
+}

@@ -424,6 +424,37 @@ impl App {
                 ));
             }
         }
+        for (definition, _) in &applied {
+            let Definition::DrainTest(test) = definition else {
+                continue;
+            };
+            for (what, runbook) in [
+                ("drains with", &test.drain.runbook),
+                ("restores with", &test.restore.runbook),
+            ] {
+                if !stored_runbooks.contains(&runbook.value)
+                    && !runbooks_applied.contains(&runbook.value)
+                {
+                    diagnostics.push(error_at(
+                        &runbook.origin,
+                        "unknown-runbook",
+                        format!(
+                            "The drain test `{}` {what} the runbook `{}`, which is not \
+                             stored; apply it first or in the same request.{}",
+                            test.name,
+                            runbook.value,
+                            levee_model::names::did_you_mean(
+                                &runbook.value,
+                                stored_runbooks
+                                    .iter()
+                                    .chain(runbooks_applied.iter())
+                                    .map(String::as_str)
+                            )
+                        ),
+                    ));
+                }
+            }
+        }
         for (fleet_name, fleet_policies) in by_fleet {
             let (fleet, _) = &fleets[&fleet_name];
             let index = FleetIndex::build(fleet).map_err(ApiError::internal)?;

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod clock;
+pub mod drain_tests;
 pub mod error;
 pub mod export;
 pub mod fleet;

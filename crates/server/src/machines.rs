@@ -571,7 +571,8 @@ impl App {
                             }
                             fleet @ (Definition::Fleet(_)
                             | Definition::MaintenancePolicy(_)
-                            | Definition::RemediationRule(_)) => {
+                            | Definition::RemediationRule(_)
+                            | Definition::DrainTest(_)) => {
                                 fleet_defs.push((fleet, content.clone()))
                             }
                             other => runbook_defs.push((other, content.clone())),

@@ -23,6 +23,9 @@ use crate::runbooks;
         maint::plan_maintenance, maint::schedule_maintenance, maint::list_maintenances,
         maint::get_maintenance, maint::control_maintenance, maint::calendar, maint::get_host,
         maint::receive_alerts,
+        crate::drain_tests::list_drain_tests, crate::drain_tests::get_drain_test,
+        crate::drain_tests::run_drain_test, crate::drain_tests::list_executions,
+        crate::drain_tests::get_execution,
     ),
     components(schemas(
         api::MachineView, api::ReplayView, api::HistoryView, api::DefinitionView, api::WhoAmI,
@@ -37,7 +40,7 @@ use crate::runbooks;
         crate::maint::MaintenanceView, crate::maint::MaintenanceControl,
         crate::maint::CalendarView, crate::maint::CalendarDomain, crate::maint::CalendarEntry,
         crate::maint::HostServingView, crate::remediation::AlertsResponse,
-        crate::remediation::AlertOutcome,
+        crate::remediation::AlertOutcome, crate::drain_tests::DrainTestView,
     )),
     tags(
         (name = "stateservice", description = "Facebook StateService's endpoint, reproduced exactly"),
@@ -45,6 +48,7 @@ use crate::runbooks;
         (name = "definitions", description = "YAML definitions"),
         (name = "runbooks", description = "Stored runbooks and their plans"),
         (name = "fleet", description = "Fleets, capacity and maintenance"),
+        (name = "drain-tests", description = "Drain tests: scheduled drains and restores, judged"),
         (name = "audit", description = "Who changed what"),
         (name = "auth", description = "Tokens"),
     )

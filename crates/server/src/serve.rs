@@ -54,6 +54,12 @@ pub async fn serve(
             let _ = stop.wait_for(|stopped| *stopped).await;
         }
     }));
+    let drain_tests = tokio::spawn(crate::drain_tests::run(app.clone(), {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        }
+    }));
     let replica = tokio::spawn(crate::replica::run(app.clone(), {
         let mut stop = stop_rx.clone();
         async move {
@@ -117,5 +123,6 @@ pub async fn serve(
     let _ = tokens.await;
     let _ = replica.await;
     let _ = maintenance.await;
+    let _ = drain_tests.await;
     Ok(())
 }

@@ -802,7 +802,39 @@ impl Store for VirtualTimeStore {
         held!(self.maintenances(filter))
     }
 
+    async fn claim_drain_test_slot(
+        &self,
+        execution: &levee_store::DrainTestExecution,
+    ) -> levee_store::Result<bool> {
+        held!(self.claim_drain_test_slot(execution))
+    }
+
+    async fn update_drain_test_execution(
+        &self,
+        execution: &levee_store::DrainTestExecution,
+    ) -> levee_store::Result<()> {
+        held!(self.update_drain_test_execution(execution))
+    }
+
+    async fn drain_test_execution(
+        &self,
+        id: &str,
+    ) -> levee_store::Result<Option<levee_store::DrainTestExecution>> {
+        held!(self.drain_test_execution(id))
+    }
+
+    async fn drain_test_executions(
+        &self,
+        filter: &levee_store::DrainTestFilter,
+    ) -> levee_store::Result<Vec<levee_store::DrainTestExecution>> {
+        held!(self.drain_test_executions(filter))
+    }
+
     async fn close(&self) {
         held!(self.close())
+    }
+
+    fn notices(&self) -> tokio::sync::broadcast::Receiver<levee_store::Notice> {
+        self.inner.notices()
     }
 }

@@ -35,9 +35,9 @@ use levee_model::{DEFAULT_EVENT, DefFormat, EventTransition, MachineDef, StateDe
 use serde_json::json;
 
 use crate::{
-    Admit, AuditEntry, AuditFilter, CreatedRun, Error, Lease, MachineFilter, MachineOp,
-    MaintenanceFilter, MaintenanceRecord, NewDefinition, NewRun, OpOutcome, RunCommit, RunFilter,
-    Scheduled, Store, StoredRun, TaskOutput, TokenRecord,
+    Admit, AuditEntry, AuditFilter, CreatedRun, DrainTestExecution, DrainTestFilter, Error, Lease,
+    MachineFilter, MachineOp, MaintenanceFilter, MaintenanceRecord, NewDefinition, NewRun,
+    OpOutcome, RunCommit, RunFilter, Scheduled, Store, StoredRun, TaskOutput, TokenRecord,
 };
 
 /// The clock every case uses: the store never reads the clock itself.
@@ -118,6 +118,8 @@ macro_rules! conformance_tests {
             replicas_list_their_heartbeats_and_leases,
             maintenances_schedule_update_and_list,
             concurrent_schedules_never_take_more_than_the_headroom,
+            drain_test_slots_are_claimed_once_and_updated_by_version,
+            concurrent_drain_test_claims_store_one,
         );
     };
     (@cases $mode:ident $make:path; $($case:ident),* $(,)?) => {
@@ -2961,4 +2963,134 @@ pub async fn notices_announce_committed_changes<S: Store>(store: S) {
     })
     .await;
     store.close().await;
+}
+
+/// Claims of one drain test slot racing in the concurrent case.
+pub const CONCURRENT_DRAIN_TEST_CLAIMS: usize = 16;
+
+/// A new drain test execution for the slot `scheduled_ms`.
+pub fn drain_test_execution(test: &str, scheduled_ms: i64, state: &str) -> DrainTestExecution {
+    DrainTestExecution {
+        id: format!("dt-{test}-{scheduled_ms}"),
+        drain_test: test.to_string(),
+        scheduled_ms,
+        trigger: "schedule".to_string(),
+        target: "east".to_string(),
+        state: state.to_string(),
+        reason: String::new(),
+        drain_run: None,
+        restore_run: None,
+        created_by: "scheduler".to_string(),
+        created_at_ms: NOW_MS,
+        updated_at_ms: NOW_MS,
+        finished_ms: None,
+        version: 1,
+        report: serde_json::json!({}),
+    }
+}
+
+pub async fn drain_test_slots_are_claimed_once_and_updated_by_version<S: Store>(store: S) {
+    let first = drain_test_execution("weekly", NOW_MS, "draining");
+    assert!(store.claim_drain_test_slot(&first).await.unwrap());
+    // The same id again, and another id for the same slot: both lose.
+    assert!(!store.claim_drain_test_slot(&first).await.unwrap());
+    let mut same_slot = drain_test_execution("weekly", NOW_MS, "skipped");
+    same_slot.id = "dt-weekly-other".to_string();
+    assert!(!store.claim_drain_test_slot(&same_slot).await.unwrap());
+    // Another test may take the same time.
+    assert!(
+        store
+            .claim_drain_test_slot(&drain_test_execution("storm", NOW_MS, "skipped"))
+            .await
+            .unwrap()
+    );
+    let older = drain_test_execution("weekly", NOW_MS - 1_000, "skipped");
+    assert!(store.claim_drain_test_slot(&older).await.unwrap());
+    // A new execution must start at version 1.
+    let mut wrong = drain_test_execution("weekly", NOW_MS + 5, "draining");
+    wrong.version = 2;
+    assert!(matches!(
+        store.claim_drain_test_slot(&wrong).await,
+        Err(Error::Corrupt(_))
+    ));
+
+    let mut next = first.clone();
+    next.version = 2;
+    next.state = "restoring".to_string();
+    next.drain_run = Some("r-1".to_string());
+    next.report = serde_json::json!({ "phases": [{ "name": "drain", "ms": 1500 }] });
+    store.update_drain_test_execution(&next).await.unwrap();
+    // A stale update (version 2 again) changes nothing.
+    let mut stale = first.clone();
+    stale.version = 2;
+    stale.state = "failed".to_string();
+    assert!(matches!(
+        store.update_drain_test_execution(&stale).await,
+        Err(Error::Conflict(_))
+    ));
+    assert_eq!(
+        store.drain_test_execution(&first.id).await.unwrap(),
+        Some(next.clone())
+    );
+    assert_eq!(store.drain_test_execution("dt-none").await.unwrap(), None);
+
+    let weekly = store
+        .drain_test_executions(&DrainTestFilter {
+            drain_test: Some("weekly".to_string()),
+            ..DrainTestFilter::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<&str> = weekly.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, [first.id.as_str(), older.id.as_str()], "newest first");
+    let active = store
+        .drain_test_executions(&DrainTestFilter {
+            active_only: true,
+            ..DrainTestFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(active, [next]);
+    let limited = store
+        .drain_test_executions(&DrainTestFilter {
+            limit: 1,
+            ..DrainTestFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 1);
+}
+
+/// Claims of one slot from many tasks (on several stores: replicas) store exactly one.
+pub async fn concurrent_drain_test_claims_land_once(stores: Vec<Arc<dyn Store>>) {
+    let mut tasks = Vec::with_capacity(CONCURRENT_DRAIN_TEST_CLAIMS);
+    for i in 0..CONCURRENT_DRAIN_TEST_CLAIMS {
+        let store = stores[i % stores.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut execution = drain_test_execution("race", NOW_MS, "draining");
+            execution.created_by = format!("replica-{i}");
+            loop {
+                match store.claim_drain_test_slot(&execution).await {
+                    Err(Error::Unavailable(_)) => continue,
+                    other => return other.expect("claim"),
+                }
+            }
+        }));
+    }
+    let mut won = 0;
+    for task in tasks {
+        if task.await.expect("a claiming task") {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1, "exactly one claim stores the slot");
+    let stored = stores[0]
+        .drain_test_executions(&DrainTestFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+}
+
+pub async fn concurrent_drain_test_claims_store_one<S: Store>(store: S) {
+    concurrent_drain_test_claims_land_once(vec![Arc::new(store)]).await;
 }

@@ -405,6 +405,52 @@ pub struct MaintenanceFilter {
     pub limit: u32,
 }
 
+/// States of a drain test execution that are over.
+pub const DRAIN_TEST_FINAL_STATES: [&str; 3] = ["passed", "failed", "skipped"];
+
+/// One firing of a drain test: its slot, target, runs, state and report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DrainTestExecution {
+    /// `dt-NAME-YYYYMMDDTHHMMZ` (the slot), `-manual-...` for one asked for.
+    pub id: String,
+    pub drain_test: String,
+    /// The firing time the slot stands for, epoch ms.
+    pub scheduled_ms: i64,
+    /// `schedule` or `manual`.
+    pub trigger: String,
+    /// The datacenter drained; empty for a firing skipped before one was picked.
+    pub target: String,
+    /// `draining`, `restoring`, `passed`, `failed` or `skipped`.
+    pub state: String,
+    /// Why it is in its state (the failed criterion, why it was skipped).
+    pub reason: String,
+    pub drain_run: Option<String>,
+    pub restore_run: Option<String>,
+    pub created_by: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub finished_ms: Option<i64>,
+    /// Grows by one per stored change; updates are compare-and-set on it.
+    pub version: i64,
+    /// The evaluation and the runs' reports, stored as given.
+    pub report: serde_json::Value,
+}
+
+impl DrainTestExecution {
+    pub fn is_final(&self) -> bool {
+        DRAIN_TEST_FINAL_STATES.contains(&self.state.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DrainTestFilter {
+    pub drain_test: Option<String>,
+    /// Only executions not over yet.
+    pub active_only: bool,
+    /// Newest first, at most this many (0: [`MAX_PAGE_ROWS`]).
+    pub limit: u32,
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
@@ -605,6 +651,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Maintenances by start time, then id.
     async fn maintenances(&self, filter: &MaintenanceFilter) -> Result<Vec<MaintenanceRecord>>;
+
+    /// Stores a new execution (version 1) unless its id or its (drain test, scheduled time)
+    /// slot is taken: `true` if this call stored it. One atomic statement, so of several
+    /// replicas claiming one slot exactly one gets `true`.
+    async fn claim_drain_test_slot(&self, execution: &DrainTestExecution) -> Result<bool>;
+
+    /// Stores a change to an execution whose stored version is `execution.version - 1`
+    /// (compare-and-set); `Conflict` otherwise, and nothing changes.
+    async fn update_drain_test_execution(&self, execution: &DrainTestExecution) -> Result<()>;
+
+    async fn drain_test_execution(&self, id: &str) -> Result<Option<DrainTestExecution>>;
+
+    /// Executions as the filter says, newest scheduled first (then id, descending).
+    async fn drain_test_executions(
+        &self,
+        filter: &DrainTestFilter,
+    ) -> Result<Vec<DrainTestExecution>>;
 
     /// Commits the writes already queued, then closes the database. Writes after this fail
     /// with `Unavailable`. Call it on graceful shutdown so nothing acknowledged is left behind

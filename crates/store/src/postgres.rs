@@ -7,6 +7,7 @@
 //! off`). See the writer's documentation for how a batch locks, decides, writes and retries.
 
 mod codec;
+mod drain_tests;
 mod leases;
 mod maintenance;
 mod runs;
@@ -728,6 +729,28 @@ impl Store for PostgresStore {
 
     async fn replicas(&self, seen_since_ms: i64) -> Result<Vec<ReplicaRecord>> {
         leases::replicas(&self.inner.pool, seen_since_ms).await
+    }
+
+    async fn claim_drain_test_slot(&self, execution: &crate::DrainTestExecution) -> Result<bool> {
+        drain_tests::claim(&self.inner.pool, execution).await
+    }
+
+    async fn update_drain_test_execution(
+        &self,
+        execution: &crate::DrainTestExecution,
+    ) -> Result<()> {
+        drain_tests::update(&self.inner.pool, execution).await
+    }
+
+    async fn drain_test_execution(&self, id: &str) -> Result<Option<crate::DrainTestExecution>> {
+        drain_tests::get(&self.inner.pool, id).await
+    }
+
+    async fn drain_test_executions(
+        &self,
+        filter: &crate::DrainTestFilter,
+    ) -> Result<Vec<crate::DrainTestExecution>> {
+        drain_tests::list(&self.inner.pool, filter).await
     }
 
     async fn schedule_maintenance(

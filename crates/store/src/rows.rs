@@ -355,6 +355,68 @@ pub(crate) fn check_commit(
     })
 }
 
+/// The columns of `drain_test_executions`, in the order the statements bind them.
+pub(crate) const DRAIN_TEST_COLUMNS: &str = "id, drain_test, scheduled_ms, trigger, target, \
+     state, reason, drain_run, restore_run, created_by, created_at_ms, updated_at_ms, \
+     finished_ms, version, report";
+
+/// Inserts a drain test execution unless its id or slot is taken (`?N` placeholders; the
+/// PostgreSQL store swaps them for `$N`).
+pub(crate) const DRAIN_TEST_INSERT_SQL: &str = "INSERT INTO drain_test_executions (id, \
+     drain_test, scheduled_ms, trigger, target, state, reason, drain_run, restore_run, \
+     created_by, created_at_ms, updated_at_ms, finished_ms, version, report) VALUES \
+     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) ON CONFLICT DO NOTHING";
+
+/// Compare-and-set update of a drain test execution (`?16` is the version before).
+pub(crate) const DRAIN_TEST_UPDATE_SQL: &str = "UPDATE drain_test_executions SET \
+     drain_test = ?2, scheduled_ms = ?3, trigger = ?4, target = ?5, state = ?6, reason = ?7, \
+     drain_run = ?8, restore_run = ?9, created_by = ?10, created_at_ms = ?11, \
+     updated_at_ms = ?12, finished_ms = ?13, version = ?14, report = ?15 \
+     WHERE id = ?1 AND version = ?16";
+
+/// Checks an execution the store is asked to write.
+pub(crate) fn check_drain_test_execution(
+    execution: &crate::DrainTestExecution,
+    new: bool,
+) -> crate::Result<String> {
+    if new && execution.version != 1 {
+        return Err(crate::Error::Corrupt(format!(
+            "a new drain test execution starts at version 1, not {}",
+            execution.version
+        )));
+    }
+    if execution.version < 1 {
+        return Err(crate::Error::Corrupt(format!(
+            "drain test execution `{}` has version {}",
+            execution.id, execution.version
+        )));
+    }
+    encode(
+        &execution.report,
+        format_args!("drain test execution `{}` report", execution.id),
+    )
+}
+
+/// The `SELECT` of executions as `filter` says (`?N` placeholders: `?1` the drain test).
+pub(crate) fn drain_test_list_sql(filter: &crate::DrainTestFilter) -> String {
+    let mut sql = format!("SELECT {DRAIN_TEST_COLUMNS} FROM drain_test_executions WHERE 1 = 1");
+    if filter.drain_test.is_some() {
+        sql.push_str(" AND drain_test = ?1");
+    }
+    if filter.active_only {
+        sql.push_str(" AND state NOT IN ('passed', 'failed', 'skipped')");
+    }
+    let limit = if filter.limit == 0 {
+        crate::MAX_PAGE_ROWS
+    } else {
+        filter.limit.min(crate::MAX_PAGE_ROWS)
+    };
+    sql.push_str(&format!(
+        " ORDER BY scheduled_ms DESC, id DESC LIMIT {limit}"
+    ));
+    sql
+}
+
 #[cfg(test)]
 mod tests {
     use levee_engine::runbook::{StallCause, TaskStatus};

@@ -7,6 +7,7 @@
 //! batching keeps decisions free of lost updates.
 
 mod codec;
+mod drain_tests;
 mod leases;
 mod maintenance;
 mod runs;
@@ -747,6 +748,28 @@ impl Store for SqliteStore {
 
     async fn replicas(&self, seen_since_ms: i64) -> Result<Vec<ReplicaRecord>> {
         leases::replicas(&self.inner.read, seen_since_ms).await
+    }
+
+    async fn claim_drain_test_slot(&self, execution: &crate::DrainTestExecution) -> Result<bool> {
+        drain_tests::claim(&self.inner.lease, execution).await
+    }
+
+    async fn update_drain_test_execution(
+        &self,
+        execution: &crate::DrainTestExecution,
+    ) -> Result<()> {
+        drain_tests::update(&self.inner.lease, execution).await
+    }
+
+    async fn drain_test_execution(&self, id: &str) -> Result<Option<crate::DrainTestExecution>> {
+        drain_tests::get(&self.inner.read, id).await
+    }
+
+    async fn drain_test_executions(
+        &self,
+        filter: &crate::DrainTestFilter,
+    ) -> Result<Vec<crate::DrainTestExecution>> {
+        drain_tests::list(&self.inner.read, filter).await
     }
 
     async fn schedule_maintenance(

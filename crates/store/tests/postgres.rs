@@ -694,3 +694,16 @@ async fn notices_reach_other_replicas_and_survive_killed_sessions() {
         store.close().await;
     }
 }
+
+/// Three replicas' schedulers claiming one drain test firing at once: exactly one stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_claiming_one_drain_test_firing_store_it_once() {
+    let Some((stores, _database)) = replicas(3).await else {
+        return;
+    };
+    let stores: Vec<std::sync::Arc<dyn levee_store::Store>> = stores
+        .into_iter()
+        .map(|store| std::sync::Arc::new(store) as std::sync::Arc<dyn levee_store::Store>)
+        .collect();
+    levee_store::conformance::concurrent_drain_test_claims_land_once(stores).await;
+}

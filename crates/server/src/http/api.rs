@@ -50,6 +50,7 @@ pub fn router() -> Router<SharedApp> {
         .route("/tokens/{name}", delete(revoke_token))
         .merge(super::runs::router())
         .merge(super::maint::router())
+        .merge(crate::drain_tests::router())
 }
 
 /// Every stored fleet: hosts, services, and each pool's size, floor and headroom, per
