@@ -49,6 +49,11 @@ pub const MAX_MISSED_FIRINGS_RECORDED: usize = 100;
 pub const HISTORY_EXECUTIONS: u32 = 100;
 /// Journal entries of one run read for its report's stalls.
 pub const MAX_JOURNAL_ENTRIES_READ: u32 = 10_000;
+/// How long each phase (drain, restore) may run when the test sets no `max_duration`: a
+/// drain stalled past it (on a health breach nobody answered, say) is aborted and the
+/// datacenter restored; a restore past it is left running for a person and the execution
+/// fails. A drain test must never hold a datacenter drained indefinitely.
+pub const DEFAULT_PHASE_DEADLINE_MS: i64 = 6 * 3_600_000;
 
 /// Runs until `shutdown` resolves; a failed pass is logged and retried on the next.
 pub async fn run(app: Arc<App>, shutdown: impl std::future::Future<Output = ()>) {
@@ -349,6 +354,12 @@ impl App {
                             next.drain_run = Some(view.id.clone());
                         }
                         if !is_finished(&view.status) {
+                            if let Some(overdue_ms) = overdue(test, &view, now) {
+                                // Aborted now, the run finishes; the next pass reports it and
+                                // restores.
+                                self.abort_overdue_drain(test, &view, overdue_ms).await?;
+                                return Ok(false);
+                            }
                             if execution.drain_run.is_some() {
                                 return Ok(false);
                             }
@@ -373,7 +384,17 @@ impl App {
                             next.restore_run = Some(view.id.clone());
                         }
                         if !is_finished(&view.status) {
-                            if execution.restore_run.is_some() {
+                            if overdue(test, &view, now).is_some() {
+                                let mut phase = self.phase_report(&view).await?;
+                                phase["outcome"] = json!(format!(
+                                    "still {} after {}, the drain test's deadline; the run is \
+                                     left running for a person to finish",
+                                    view.status,
+                                    duration_text(phase_deadline_ms(test))
+                                ));
+                                next.report["restore"] = phase;
+                                judge(test, &mut next, now);
+                            } else if execution.restore_run.is_some() {
                                 return Ok(false);
                             }
                         } else {
@@ -544,6 +565,70 @@ impl App {
             last_state: history.first().map(|e| e.state.clone()),
             history: full.then(|| history.to_vec()),
             trends,
+        }
+    }
+}
+
+/// How long one phase may run: the test's `max_duration`, else [`DEFAULT_PHASE_DEADLINE_MS`].
+fn phase_deadline_ms(test: &DrainTestDef) -> i64 {
+    test.pass
+        .max_duration_ms
+        .map_or(DEFAULT_PHASE_DEADLINE_MS, |ms| ms as i64)
+}
+
+/// By how much an unfinished phase's run is past its deadline, if it is.
+fn overdue(test: &DrainTestDef, view: &crate::runs::views::RunView, now: i64) -> Option<i64> {
+    let started = view.started_at_ms.unwrap_or(view.created_at_ms);
+    let over = now - started - phase_deadline_ms(test);
+    (over > 0).then_some(over)
+}
+
+/// `90 min`, `6 h`: a deadline as people say it.
+fn duration_text(ms: i64) -> String {
+    const MINUTE_MS: i64 = 60_000;
+    const HOUR_MS: i64 = 60 * MINUTE_MS;
+    if ms % HOUR_MS == 0 {
+        format!("{} h", ms / HOUR_MS)
+    } else if ms >= MINUTE_MS {
+        format!("{} min", ms / MINUTE_MS)
+    } else {
+        format!("{} s", ms / 1000)
+    }
+}
+
+impl App {
+    /// Aborts a drain run past its deadline, saying why in its journal and the audit log. A
+    /// run another pass (or replica) already aborted is left as it is.
+    async fn abort_overdue_drain(
+        self: &Arc<Self>,
+        test: &DrainTestDef,
+        view: &crate::runs::views::RunView,
+        overdue_ms: i64,
+    ) -> Result<(), ApiError> {
+        let request = crate::runs::ControlRequest {
+            control: "abort".to_string(),
+            task: None,
+            dep: None,
+            pace: None,
+            reason: format!(
+                "drain test `{}`: the drain ran past its {} deadline (by {} s); aborting it \
+                 so the datacenter is restored",
+                test.name,
+                duration_text(phase_deadline_ms(test)),
+                overdue_ms / 1000
+            ),
+        };
+        match self
+            .control_run(&drain_test_caller(&test.name), &view.id, request)
+            .await
+        {
+            Ok(_) => {
+                tracing::warn!(drain_test = %test.name, run = %view.id,
+                    "drain past its deadline aborted");
+                Ok(())
+            }
+            Err(error) if error.status.is_client_error() => Ok(()),
+            Err(error) => Err(error),
         }
     }
 }

@@ -481,3 +481,88 @@ async fn two_replicas_on_postgresql_fire_a_scheduled_drain_test_once() {
         }
     }
 }
+
+/// A drain that stalls on a health breach nobody answers must not hold the datacenter
+/// drained: past the test's `max_duration` the drain run is aborted, the restore runs, and
+/// the execution fails naming the breach and the abort.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_stalled_on_a_health_breach_is_aborted_at_its_deadline_and_restored() {
+    let server = server_at(BEFORE_FIRING_MS, None).await;
+    let never = server.dir.path().join("never-healthy");
+    let yaml = format!(
+        "{RUNBOOKS}---
+kind: Runbook
+name: gated-drain
+params:
+  dc: {{ required: true }}
+tasks:
+  - id: shift
+    stage: log
+    with: {{ message: \"shifting {{{{ params.dc }}}}\" }}
+    health:
+      - shell: {{ command: [test, -e, \"{}\"] }}
+---
+kind: DrainTest
+name: gated
+runbook: gated-drain
+target: east
+pass: {{ max_duration: 30m }}
+restore: {{ runbook: restore-dc }}
+",
+        never.display()
+    );
+    server.apply("dt.yaml", &yaml).await;
+    let answer = server
+        .send(Method::POST, "/api/v1/drain-tests/gated/run", None, None)
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    let run_id = answer.json()["drain_run"].as_str().unwrap().to_string();
+
+    // The drain stalls on its health check, and the execution waits: it is within its time.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(FINISH_TIMEOUT_MS);
+    loop {
+        let run = server.get(&format!("/api/v1/runs/{run_id}")).await.json();
+        let stalled = run["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == "shift" && t["status"] == "stalled");
+        if stalled {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the drain never stalled: {run:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(NO_SECOND_FIRING_WATCH_MS)).await;
+    assert_eq!(
+        show(&server, "gated").await["history"][0]["state"],
+        "draining"
+    );
+
+    // Past the deadline: aborted, restored, failed with both reasons.
+    server.clock.advance_ms(31 * 60_000);
+    let history = wait_finished(&server, "gated").await;
+    let execution = &history[0];
+    assert_eq!(execution["state"], "failed", "{execution:#}");
+    let report = &execution["report"];
+    assert_eq!(report["drain"]["status"], "aborted", "{execution:#}");
+    assert!(
+        report["drain"]["outcome"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("deadline"),
+        "{execution:#}"
+    );
+    assert_eq!(report["restore"]["status"], "succeeded", "{execution:#}");
+    let reason = execution["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no_health_breach: task `shift` of the drain run stalled"),
+        "{reason}"
+    );
+    assert!(reason.contains("max_duration"), "{reason}");
+    let run = server.get(&format!("/api/v1/runs/{run_id}")).await.json();
+    assert_eq!(run["status"], "aborted", "{run:#}");
+}
