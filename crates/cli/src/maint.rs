@@ -159,6 +159,13 @@ pub struct MaintRequestArgs {
     /// Store it waiting for people when its preflight fails, instead of refusing it.
     #[arg(long)]
     pub needs_human_on_failure: bool,
+    /// Take the scope one failure domain at a time: region, datacenter, row, rack, power or
+    /// switch (`rack`: one rack per step, the next only once the last is out).
+    #[arg(long, value_name = "LEVEL")]
+    pub one_domain_per_step: Option<String>,
+    /// Least time between the starts of two disable steps (`5m`).
+    #[arg(long, value_name = "DURATION")]
+    pub step_interval: Option<String>,
     #[command(flatten)]
     pub server: ServerArgs,
     #[command(flatten)]
@@ -275,6 +282,12 @@ fn request_body(args: &MaintRequestArgs) -> Value {
     if args.needs_human_on_failure {
         body["on_preflight_failure"] = json!("needs_human");
     }
+    if let Some(level) = &args.one_domain_per_step {
+        body["one_domain_per_step"] = json!(level);
+    }
+    if let Some(interval) = &args.step_interval {
+        body["step_interval"] = json!(interval);
+    }
     body
 }
 
@@ -363,6 +376,7 @@ async fn maint_plan(args: &MaintRequestArgs) -> Outcome {
         ));
         print_preflight(&plan["preflight"]);
         print_services(&plan["services"]);
+        print_steps(&plan);
         if let Some(reasons) = plan["approval_required"].as_array()
             && !reasons.is_empty()
         {
@@ -407,6 +421,42 @@ async fn maint_plan(args: &MaintRequestArgs) -> Outcome {
     } else {
         EXIT_OK
     })
+}
+
+/// The disable steps a plan would take, and the server's removal rate limits that may hold
+/// them back.
+fn print_steps(plan: &Value) {
+    let steps = plan["steps"].as_array().map_or(&[][..], Vec::as_slice);
+    if steps.len() > 1 || plan["rollout"]["one_domain_per_step"].is_string() {
+        print_line(format_args!("disable steps:"));
+        for step in steps {
+            let hosts: Vec<&str> = step["hosts"]
+                .as_array()
+                .map_or(&[][..], Vec::as_slice)
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            print_line(format_args!(
+                "  {:>3}. {}{}",
+                step["number"],
+                step["domain"]
+                    .as_str()
+                    .map_or(String::new(), |domain| format!("{domain}: ")),
+                hosts.join(", ")
+            ));
+        }
+    }
+    let limits = &plan["removal_limits"];
+    let window = limits["window_ms"].as_u64().unwrap_or(0) / 60_000;
+    let per_pool = limits["max_per_pool"]
+        .as_u64()
+        .map_or("no limit".to_string(), |n| plural(n as usize, "host"));
+    let overall = limits["max_overall"]
+        .as_u64()
+        .map_or("no limit".to_string(), |n| plural(n as usize, "host"));
+    print_line(format_args!(
+        "removal rate limits: {per_pool} per pool and {overall} overall per {window} min"
+    ));
 }
 
 async fn maint_schedule(args: &MaintScheduleArgs) -> Outcome {

@@ -50,6 +50,34 @@ pub struct ServeArgs {
     /// connection pooler that does not pass LISTEN through.
     #[arg(long, env = "LEVEE_POLL_ONLY")]
     pub poll_only: bool,
+    /// Most hosts maintenance automation takes out of one pool within `--removal-window`,
+    /// over every maintenance (`0`: no limit).
+    #[arg(long, env = "LEVEE_MAX_REMOVALS_PER_POOL",
+        default_value_t = levee_server::maint::flow::DEFAULT_MAX_REMOVALS_PER_POOL)]
+    pub max_removals_per_pool: u64,
+    /// Most hosts maintenance automation takes out within `--removal-window`, over every
+    /// maintenance and fleet (`0`: no limit).
+    #[arg(long, env = "LEVEE_MAX_REMOVALS",
+        default_value_t = levee_server::maint::flow::DEFAULT_MAX_REMOVALS_OVERALL)]
+    pub max_removals: u64,
+    /// The sliding window the removal limits count over (`10m`, `1h`).
+    #[arg(long, env = "LEVEE_REMOVAL_WINDOW", default_value = "10m",
+        value_parser = parse_window_ms)]
+    pub removal_window: u64,
+}
+
+/// Longest `--removal-window`.
+pub const MAX_REMOVAL_WINDOW_MS: u64 = 7 * 24 * 3_600 * 1_000;
+
+fn parse_window_ms(text: &str) -> Result<u64, String> {
+    let ms = levee_model::parse_duration_ms(text)?;
+    if ms == 0 || ms > MAX_REMOVAL_WINDOW_MS {
+        return Err(format!(
+            "must be more than 0 and at most {} days",
+            MAX_REMOVAL_WINDOW_MS / 86_400_000
+        ));
+    }
+    Ok(ms)
 }
 
 /// Shortest lease time `levee serve` accepts: renewals every third of it must fit between
@@ -115,6 +143,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| format!("http://{local}")),
         metric_source,
+        removal_limits: Some(levee_server::maint::RemovalLimits {
+            window_ms: args.removal_window,
+            max_per_pool: (args.max_removals_per_pool > 0).then_some(args.max_removals_per_pool),
+            max_overall: (args.max_removals > 0).then_some(args.max_removals),
+        }),
         ..AppOptions::default()
     };
     let app = App::open(store, Arc::new(SystemClock), options).await?;

@@ -1560,6 +1560,46 @@ fn maint_plans_schedules_and_shows_with_exit_codes_a_script_can_use() {
     assert!(run.stderr.contains("preflight_failed"), "{run:?}");
     assert!(run.stderr.contains("short by 1"), "{run:?}");
 
+    // Two racks of web hosts, one rack per step: the plan lists each step's rack and hosts.
+    let run = server.levee(&[
+        "maint",
+        "plan",
+        "--scope",
+        "rack in (a-r1, a-r2), label:role=web",
+        "--type",
+        "network",
+        "--start",
+        "+1h",
+        "--duration",
+        "1h",
+        "--one-domain-per-step",
+        "rack",
+        "--step-interval",
+        "5m",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("1. a-r1: web-r1-1, web-r1-2, web-r1-3, web-r1-4"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("2. a-r2: web-r2-1"), "{run:?}");
+    assert!(run.stdout.contains("removal rate limits:"), "{run:?}");
+    let run = server.levee(&[
+        "maint",
+        "plan",
+        "--scope",
+        "rack=a-r1",
+        "--type",
+        "network",
+        "--duration",
+        "1h",
+        "--one-domain-per-step",
+        "galaxy",
+    ]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("not a failure domain level"), "{run:?}");
+
     // Scenario A's scope is scheduled, listed, shown and on the calendar.
     let run = server.levee(&[
         "maint",

@@ -60,6 +60,9 @@ pub struct AppOptions {
     /// Scopes past these need a second person's approval; `None` is
     /// [`crate::maint::default_approval_limit`].
     pub maintenance_approval: Option<levee_fleet::BlastRadiusLimit>,
+    /// Hosts maintenance automation may take out per pool and overall within a window;
+    /// `None` is [`crate::maint::RemovalLimits::default`].
+    pub removal_limits: Option<crate::maint::RemovalLimits>,
 }
 
 impl std::fmt::Debug for AppOptions {
@@ -96,6 +99,8 @@ pub struct App {
     pub replica: crate::replica::Replica,
     /// Maintenance scopes past these need a second person's approval.
     pub maint_approval: levee_fleet::BlastRadiusLimit,
+    /// The removal rate limits every maintenance's disable flow keeps.
+    pub removal_limits: crate::maint::RemovalLimits,
     /// Wakes the maintenance driver at once (after a control).
     pub maint_wake: tokio::sync::Notify,
 }
@@ -152,6 +157,7 @@ impl App {
             maint_approval: options
                 .maintenance_approval
                 .unwrap_or_else(crate::maint::default_approval_limit),
+            removal_limits: options.removal_limits.clone().unwrap_or_default(),
             maint_wake: tokio::sync::Notify::new(),
         };
         app.reload().await?;

@@ -204,16 +204,25 @@ async fn scenario_a_one_rack_passes_preflight_for_every_service_and_runs_to_done
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(serving(&server, None, "web-r2-1").await, StatusCode::OK);
-    let history: Vec<&str> = view["details"]["history"]
+    let mut history: Vec<&str> = view["details"]["history"]
         .as_array()
         .unwrap()
         .iter()
         .map(|h| h["state"].as_str().unwrap())
         .collect();
+    // Each disable step is an entry of its own.
+    history.dedup();
     assert_eq!(
         history,
         ["scheduled", "preflight", "disabling", "in_maintenance"]
     );
+    let stepped: usize = view["details"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["hosts"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(stepped, 7, "every host is taken out in some step: {view}");
 
     // An operator puts one host back by hand: it stays in service.
     let answer = control(
@@ -620,7 +629,7 @@ async fn failed_automation_calls_the_owner_and_the_deadline_falls_back_to_cancel
     let view = wait_for_state(&server, None, "m-f", "needs_human").await;
     let cache = service(&view, "cache");
     assert_eq!(cache["status"], "needs_human", "{view}");
-    assert_eq!(cache["run_name"], "maint-m-f-cache-disable");
+    assert_eq!(cache["run_name"], "maint-m-f-cache-disable-1");
     assert!(
         cache["note"].as_str().unwrap().contains("failed"),
         "{cache}"
@@ -629,7 +638,7 @@ async fn failed_automation_calls_the_owner_and_the_deadline_falls_back_to_cancel
     assert_eq!(service(&view, "mysql")["status"], "disabled", "{view}");
     let runs = server.get("/api/v1/runs").await.json();
     assert!(
-        runs.to_string().contains("maint-m-f-cache-disable"),
+        runs.to_string().contains("maint-m-f-cache-disable-1"),
         "the policy's runbook ran: {runs}"
     );
     let notice = wait_for_webhook(&received, "maintenance_needs_human").await;
@@ -663,4 +672,155 @@ async fn failed_automation_calls_the_owner_and_the_deadline_falls_back_to_cancel
         .send(Method::POST, "/api/v1/maintenances", None, Some(&again))
         .await;
     assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+}
+
+/// The rails of the disable flow: one rack per step, and the server's removal rate limit per
+/// pool, which holds a step back (saying until when) and lets it go once the window moves on.
+#[tokio::test]
+async fn disabling_goes_one_rack_per_step_within_the_removal_rate_limits() {
+    let server = common::start_with(common::Options {
+        removal_limits: Some(levee_server::maint::RemovalLimits {
+            window_ms: 10 * MINUTE_MS as u64,
+            max_per_pool: Some(4),
+            max_overall: None,
+        }),
+        ..common::Options::default()
+    })
+    .await;
+    apply(
+        &server,
+        &[
+            ("row.yaml", ROW_YAML),
+            ("policies.yaml", POLICIES_YAML),
+            ("runbooks.yaml", RUNBOOKS_YAML),
+        ],
+    )
+    .await;
+    let rack_of = |host: &str| host.split('-').nth(1).unwrap().to_string();
+
+    // Bad pacing is refused before anything is stored.
+    for (field, value, says) in [
+        (
+            "one_domain_per_step",
+            "galaxy",
+            "not a failure domain level",
+        ),
+        ("step_interval", "soon", "step_interval"),
+        ("step_interval", "3d", "at most 24 hours"),
+    ] {
+        let mut request = json!({
+            "scope": "rack in (a-r1, a-r2), label:role=web", "type": "network", "start": "+15m",
+            "duration": "1h",
+        });
+        request[field] = json!(value);
+        let answer = server
+            .send(Method::POST, "/api/v1/maintenances", None, Some(&request))
+            .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+        assert!(answer.body.contains(says), "{field}: {}", answer.body);
+    }
+    assert_eq!(server.get("/api/v1/maintenances").await.json(), json!([]));
+
+    let request = json!({
+        "scope": "rack in (a-r1, a-r2), label:role=web", "type": "network", "start": "+15m", "duration": "1h",
+        "id": "m-r", "one_domain_per_step": "rack",
+    });
+    let plan = server
+        .send(
+            Method::POST,
+            "/api/v1/maintenances/plan",
+            None,
+            Some(&request),
+        )
+        .await;
+    assert_eq!(plan.status, StatusCode::OK, "{}", plan.body);
+    let plan = plan.json();
+    assert_eq!(plan["outcome"], "schedule", "{plan}");
+    assert_eq!(plan["rollout"]["one_domain_per_step"], "rack", "{plan}");
+    assert_eq!(plan["removal_limits"]["max_per_pool"], 4, "{plan}");
+    let planned = plan["steps"].as_array().unwrap();
+    let planned_hosts: usize = planned
+        .iter()
+        .map(|s| s["hosts"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(
+        planned_hosts,
+        plan["hosts"].as_array().unwrap().len(),
+        "{plan}"
+    );
+    for step in planned {
+        let racks: std::collections::BTreeSet<String> = step["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| rack_of(h.as_str().unwrap()))
+            .collect();
+        assert_eq!(racks.len(), 1, "one rack per planned step: {step}");
+        assert_eq!(
+            step["domain"],
+            json!(format!("a-{}", racks.first().unwrap()))
+        );
+    }
+
+    let answer = server
+        .send(Method::POST, "/api/v1/maintenances", None, Some(&request))
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    server.clock.advance_ms(6 * MINUTE_MS);
+
+    // Rack a-r1's web hosts use up the web pool's removals for ten minutes: rack a-r2
+    // waits, and says why and until when.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(common::WAIT_TIMEOUT_MS);
+    let view = loop {
+        let view = maintenance(&server, None, "m-r").await;
+        if view["state"] == "disabling"
+            && view["why"].as_str().unwrap().contains("removal rate limit")
+        {
+            break view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never held back by the removal rate limit: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(common::WAIT_POLL_INTERVAL_MS)).await;
+    };
+    assert!(view["why"].as_str().unwrap().contains("web"), "{view}");
+    assert!(
+        view["unblock"].as_str().unwrap().contains("window"),
+        "{view}"
+    );
+    let steps = view["details"]["steps"].as_array().unwrap().clone();
+    assert!(!steps.is_empty(), "{view}");
+    for step in &steps {
+        assert_eq!(step["domain"], "a-r1", "only rack a-r1 so far: {view}");
+    }
+    assert_eq!(
+        serving(&server, None, "web-r1-1").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(serving(&server, None, "web-r2-1").await, StatusCode::OK);
+
+    // The window moves on: rack a-r2 goes, and the maintenance holds.
+    server.clock.advance_ms(11 * MINUTE_MS);
+    let view = wait_for_state(&server, None, "m-r", "in_maintenance").await;
+    let steps = view["details"]["steps"].as_array().unwrap();
+    let domains: Vec<&str> = steps
+        .iter()
+        .map(|s| s["domain"].as_str().unwrap())
+        .collect();
+    let mut sorted = domains.clone();
+    sorted.sort();
+    assert_eq!(domains, sorted, "racks one after the other: {view}");
+    assert_eq!(*domains.last().unwrap(), "a-r2", "{view}");
+    let first_r2 = steps.iter().find(|s| s["domain"] == "a-r2").unwrap();
+    let last_r1 = steps.iter().rfind(|s| s["domain"] == "a-r1").unwrap();
+    assert!(
+        first_r2["at_ms"].as_i64().unwrap() - last_r1["at_ms"].as_i64().unwrap()
+            >= 10 * MINUTE_MS - 60_000,
+        "rack a-r2 waited for the window: {view}"
+    );
+    assert_eq!(
+        serving(&server, None, "web-r2-1").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }

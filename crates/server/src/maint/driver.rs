@@ -41,6 +41,34 @@ pub async fn run(app: Arc<App>, shutdown: impl std::future::Future<Output = ()>)
     }
 }
 
+/// What the automation of maintenances other than `record` took out within the last
+/// `window_ms`: what the removal rate limits count besides `record`'s own steps.
+fn recent_removals(
+    all: &[MaintenanceRecord],
+    record: &MaintenanceRecord,
+    window_ms: u64,
+    now_ms: i64,
+) -> Vec<flow::Removal> {
+    let since = now_ms - window_ms as i64;
+    let mut removals = Vec::new();
+    for other in all {
+        if other.id == record.id || other.kind == crate::remediation::REPAIR_KIND {
+            continue;
+        }
+        let Ok(details) = Details::from_value(&other.details) else {
+            continue;
+        };
+        removals.extend(details.removals().filter(|(_, at_ms)| *at_ms > since).map(
+            |(host, at_ms)| flow::Removal {
+                host: host.to_string(),
+                at_ms,
+                same_fleet: other.fleet == record.fleet,
+            },
+        ));
+    }
+    removals
+}
+
 /// The caller a maintenance's runs are started as: an operator named after it.
 fn maintenance_caller(id: &str) -> Caller {
     Caller {
@@ -127,6 +155,7 @@ impl App {
                 end_ms: record.end_ms,
             },
             owner: &record.owner,
+            why: &record.why,
             details: &details,
         };
         // The runs under way: (re)started idempotently, which also says how they are doing.
@@ -142,9 +171,16 @@ impl App {
             else {
                 continue;
             };
+            // A disable step's run acts on the step's hosts; an enable run on every host
+            // automation took out.
+            let hosts = if phase == "disable" && !service.in_flight.is_empty() {
+                &service.in_flight
+            } else {
+                &service.disabled
+            };
             let params = flow::runbook_params(
                 &current,
-                &service.disabled,
+                hosts,
                 with,
                 with_phase.contains(&runbook.value),
                 phase,
@@ -154,13 +190,17 @@ impl App {
                 .await;
             runs.insert(name.clone(), outcome);
         }
+        let now_ms = self.now_ms();
+        let removals = recent_removals(all, record, self.removal_limits.window_ms, now_ms);
         let facts = Facts {
             index: &context.index,
             policies: &context.policies,
             others: &others,
             runbooks_with_phase: with_phase,
             runs: &runs,
-            now_ms: self.now_ms(),
+            limits: &self.removal_limits,
+            removals: &removals,
+            now_ms,
         };
         let Some(transition) = flow::advance(&current, &facts).map_err(ApiError::internal)? else {
             return Ok(false);

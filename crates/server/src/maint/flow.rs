@@ -13,22 +13,98 @@
 //!
 //! Disabling is Dapper's four steps: the preflight (again, right before anything changes),
 //! pre-disable (in-scope spares become unavailable, so no replacement picks them),
-//! host-level disable (every automated service's action at once; a service's own runbook
-//! runs as one run), post-disable (failures within the policy's `max_failed_hosts` are
-//! accepted; beyond it the service needs a person). Enabling mirrors it. A service a person
-//! confirmed was handled by hand stays with them: Levee neither disables nor re-enables it.
+//! host-level disable in steps, post-disable (failures within the policy's `max_failed_hosts`
+//! are accepted; beyond it the service needs a person). Enabling mirrors it. A service a
+//! person confirmed was handled by hand stays with them: Levee neither disables nor re-enables
+//! it.
+//!
+//! Host-level disable goes step by step ([`next_step`]): a step takes at most each service's
+//! `disable_concurrency` hosts, all of one failure domain when the maintenance asked for one
+//! domain per step, and only as many as the server's removal rate limits leave
+//! ([`RemovalLimits`]: hosts taken out per pool and overall within a sliding window, counted
+//! over every maintenance). The next step starts once the step's runs have finished and the
+//! maintenance's `step_interval` has passed; a step the limits hold back waits, saying until
+//! when.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use levee_fleet::{
     FleetIndex, PolicySet, PreflightReport, Reservation, ServiceAction, Window, admit, plan_actions,
 };
-use levee_model::{MaintenanceType, PolicyAction};
+use levee_model::{DomainLevel, MaintenanceType, PolicyAction};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Entries of a maintenance's own history kept in its record; older ones are dropped.
 pub const MAX_HISTORY_ENTRIES: usize = 200;
+
+/// The sliding window the removal rate limits count over, unless the server says otherwise.
+pub const DEFAULT_REMOVAL_WINDOW_MS: u64 = 10 * 60 * 1_000;
+/// Hosts automation may take out of one pool within the window, over every maintenance.
+pub const DEFAULT_MAX_REMOVALS_PER_POOL: u64 = 50;
+/// Hosts automation may take out within the window, over every maintenance and fleet.
+pub const DEFAULT_MAX_REMOVALS_OVERALL: u64 = 500;
+/// Longest `step_interval` a maintenance may ask for.
+pub const MAX_STEP_INTERVAL_MS: u64 = 24 * 3_600 * 1_000;
+
+/// The server's removal rate limits: rails every maintenance shares, whatever its scope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovalLimits {
+    /// The sliding window removals are counted over.
+    pub window_ms: u64,
+    /// Most hosts taken out of one pool within the window (`None`: no limit).
+    pub max_per_pool: Option<u64>,
+    /// Most hosts taken out within the window, every fleet together (`None`: no limit).
+    pub max_overall: Option<u64>,
+}
+
+impl Default for RemovalLimits {
+    fn default() -> Self {
+        RemovalLimits {
+            window_ms: DEFAULT_REMOVAL_WINDOW_MS,
+            max_per_pool: Some(DEFAULT_MAX_REMOVALS_PER_POOL),
+            max_overall: Some(DEFAULT_MAX_REMOVALS_OVERALL),
+        }
+    }
+}
+
+impl RemovalLimits {
+    fn describe_window(&self) -> String {
+        crate::ui::layout::duration_text(self.window_ms)
+    }
+}
+
+/// How a maintenance paces its own disable flow.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// Take the scope one failure domain at a time (`rack`: one rack per step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_domain_per_step: Option<DomainLevel>,
+    /// Least time from the start of one step to the start of the next.
+    #[serde(default)]
+    pub step_interval_ms: u64,
+}
+
+/// One step of the disable flow: when, which domain, which hosts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub number: u32,
+    pub at_ms: i64,
+    /// The failure domain of every host of the step, when the maintenance goes one domain
+    /// per step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    pub hosts: Vec<String>,
+}
+
+/// A host another maintenance's automation took out, for the removal rate limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removal {
+    pub host: String,
+    pub at_ms: i64,
+    /// Of the fleet this maintenance is in (so it counts against its pools too).
+    pub same_fleet: bool,
+}
 
 /// The flow's states.
 pub const SCHEDULED: &str = "scheduled";
@@ -113,6 +189,9 @@ pub struct ServiceFlow {
     /// Its spares in the scope (unavailable during the maintenance).
     pub spares_in_scope: Vec<String>,
     pub allowed_failures: u64,
+    /// Most of its hosts one step takes (its policy's `disable_concurrency`).
+    #[serde(default = "default_disable_concurrency")]
+    pub disable_concurrency: u32,
     /// Every pool of the service passed the last preflight.
     pub preflight_passed: bool,
     pub status: ServiceStatus,
@@ -125,6 +204,9 @@ pub struct ServiceFlow {
     /// The run doing its action now: its idempotent name.
     #[serde(default)]
     pub run_name: Option<String>,
+    /// The hosts of the step its run is disabling now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_flight: Vec<String>,
     /// Hosts whose host-level action failed.
     #[serde(default)]
     pub failed_hosts: Vec<String>,
@@ -135,9 +217,33 @@ pub struct ServiceFlow {
     pub note: String,
 }
 
+fn default_disable_concurrency() -> u32 {
+    levee_model::maintenance_policy::DEFAULT_DISABLE_CONCURRENCY_HOSTS
+}
+
 impl ServiceFlow {
     fn needs_person(&self) -> bool {
         self.status == ServiceStatus::NeedsHuman
+    }
+
+    /// Whether automation takes its hosts out one by one (as opposed to riding the
+    /// maintenance out or leaving it to people).
+    fn removes_hosts(&self) -> bool {
+        matches!(
+            self.action,
+            PolicyAction::DrainAndWait
+                | PolicyAction::ReplaceWithSpares
+                | PolicyAction::Runbook { .. }
+        )
+    }
+
+    /// Its hosts automation has still to take out: neither taken yet nor put back by hand.
+    fn remaining(&self, manually: &BTreeMap<String, Signed>) -> Vec<String> {
+        self.hosts
+            .iter()
+            .filter(|h| !self.disabled.contains(h) && !manually.contains_key(*h))
+            .cloned()
+            .collect()
     }
 }
 
@@ -172,6 +278,12 @@ pub struct Details {
     pub finished_early: Option<Signed>,
     /// The state to return to once the people it waits for have answered.
     pub resume_to: Option<String>,
+    /// How the disable flow is paced.
+    #[serde(default)]
+    pub rollout: Rollout,
+    /// The disable flow's steps so far.
+    #[serde(default)]
+    pub steps: Vec<StepRecord>,
     pub history: Vec<HistoryEntry>,
 }
 
@@ -196,6 +308,14 @@ impl Details {
             .collect();
         out.retain(|host| !self.manually_enabled.contains_key(host));
         out
+    }
+
+    /// The hosts this maintenance's automation took out, with when: what the removal rate
+    /// limits count.
+    pub fn removals(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.steps
+            .iter()
+            .flat_map(|step| step.hosts.iter().map(move |h| (h.as_str(), step.at_ms)))
     }
 
     /// Whether automation changed anything that must be given back.
@@ -257,6 +377,10 @@ pub struct Facts<'a> {
     pub runbooks_with_phase: &'a BTreeSet<String>,
     /// The runs the flow started, by name.
     pub runs: &'a BTreeMap<String, RunOutcome>,
+    /// The server's removal rate limits.
+    pub limits: &'a RemovalLimits,
+    /// What other maintenances' automation took out recently (within the limits' window).
+    pub removals: &'a [Removal],
     pub now_ms: i64,
 }
 
@@ -268,6 +392,8 @@ pub struct Current<'a> {
     pub hosts: &'a [String],
     pub window: Window,
     pub owner: &'a str,
+    /// Why it is where it is now (a wait whose reason changed is worth a write).
+    pub why: &'a str,
     pub details: &'a Details,
 }
 
@@ -307,11 +433,13 @@ pub fn service_flows(
                 hosts: hosts.into_iter().collect(),
                 spares_in_scope: spares.into_iter().collect(),
                 allowed_failures: action.allowed_failures,
+                disable_concurrency: action.disable_concurrency.max(1),
                 preflight_passed: passed,
                 status: ServiceStatus::Pending,
                 disabled: Vec::new(),
                 replacements: BTreeMap::new(),
                 run_name: None,
+                in_flight: Vec::new(),
                 failed_hosts: Vec::new(),
                 confirmed: None,
                 note: String::new(),
@@ -440,14 +568,21 @@ fn decide(current: &Current<'_>, facts: &Facts<'_>) -> Result<Option<Transition>
                     .collect::<BTreeSet<_>>()
                     .into_iter()
                     .collect();
-                let effects = start_disable(current, facts, &mut details);
-                Ok(Some(to(
-                    details,
-                    DISABLING,
-                    format!("preflight passed: {}", report.explain()),
-                    "",
-                    effects,
-                )))
+                let passed = format!("preflight passed: {}", report.explain());
+                Ok(Some(match next_step(current, facts, &mut details) {
+                    StepChoice::Started { effects, why } => {
+                        to(details, DISABLING, format!("{passed}; {why}"), "", effects)
+                    }
+                    StepChoice::Wait { why, unblock } => to(
+                        details,
+                        DISABLING,
+                        format!("{passed}; {why}"),
+                        &unblock,
+                        vec![],
+                    ),
+                    // Nothing to take out: the next pass verifies and moves on.
+                    StepChoice::Finished => to(details, DISABLING, passed, "", vec![]),
+                }))
             } else {
                 details.resume_to = Some(PREFLIGHT.to_string());
                 Ok(Some(needs_human(
@@ -485,6 +620,26 @@ fn decide(current: &Current<'_>, facts: &Facts<'_>) -> Result<Option<Transition>
         }
         DISABLING => {
             if details.cancel_requested.is_some() {
+                // Steps under way finish first, so the enable flow gives back everything
+                // they took.
+                progress_runs(facts, &mut details, false);
+                if details
+                    .services
+                    .iter()
+                    .any(|s| s.status == ServiceStatus::Running)
+                {
+                    let why = "cancelled: waiting for the step under way to finish before \
+                               giving the hosts back";
+                    return Ok(
+                        (details != *current.details || current_why_differs(current, why))
+                            .then(|| stay(details, DISABLING, why.to_string(), String::new())),
+                    );
+                }
+                for service in &mut details.services {
+                    if service.status == ServiceStatus::NeedsHuman {
+                        service.status = ServiceStatus::Disabled;
+                    }
+                }
                 return Ok(Some(start_enable_phase(
                     current,
                     facts,
@@ -492,10 +647,37 @@ fn decide(current: &Current<'_>, facts: &Facts<'_>) -> Result<Option<Transition>
                     "cancelled: giving the hosts back",
                 )));
             }
-            let details = match follow_runs(current, facts, details, false) {
+            let mut details = match follow_runs(current, facts, details, false) {
                 PhasePass::Done(details) => details,
                 PhasePass::Stop(stop) => return Ok(stop),
             };
+            match next_step(current, facts, &mut details) {
+                StepChoice::Finished => {}
+                StepChoice::Started { effects, why } => {
+                    return Ok(Some(to(details, DISABLING, why, "", effects)));
+                }
+                StepChoice::Wait { why, unblock } => {
+                    return Ok(
+                        (details != *current.details || current_why_differs(current, &why))
+                            .then(|| stay(details, DISABLING, why, unblock)),
+                    );
+                }
+            }
+            if details.services.iter().any(ServiceFlow::needs_person) {
+                let needing: Vec<String> = details
+                    .services
+                    .iter()
+                    .filter(|s| s.needs_person())
+                    .map(|s| s.service.clone())
+                    .collect();
+                details.resume_to = Some(DISABLING.to_string());
+                return Ok(Some(needs_human(
+                    current,
+                    details,
+                    &needing,
+                    "automation cannot take the rest".to_string(),
+                )));
+            }
             let out: usize = details.services.iter().map(|s| s.disabled.len()).sum();
             let by_hand = details
                 .services
@@ -734,85 +916,435 @@ fn fallback(
     }
 }
 
-/// Host-level disable: every automated service's action at once.
-fn start_disable(current: &Current<'_>, facts: &Facts<'_>, details: &mut Details) -> Vec<Effect> {
-    let mut effects = Vec::new();
+/// What the next step of the disable flow is.
+enum StepChoice {
+    /// Every host automation takes out is out (or in a step under way).
+    Finished,
+    /// A step started.
+    Started { effects: Vec<Effect>, why: String },
+    /// Hosts remain, but the step interval or the removal rate limits hold the next step.
+    Wait { why: String, unblock: String },
+}
+
+/// The removal budget left now: the rate limits minus what was taken out within the window.
+struct Budget<'a> {
+    index: &'a FleetIndex,
+    limits: &'a RemovalLimits,
+    overall_used: u64,
+    pool_used: BTreeMap<levee_fleet::PoolId, u64>,
+    /// When each counted removal leaves the window, earliest first.
+    leaves_window_ms: Vec<i64>,
+}
+
+impl<'a> Budget<'a> {
+    fn new(facts: &Facts<'a>, details: &Details) -> Budget<'a> {
+        let since = facts.now_ms - facts.limits.window_ms as i64;
+        let mut budget = Budget {
+            index: facts.index,
+            limits: facts.limits,
+            overall_used: 0,
+            pool_used: BTreeMap::new(),
+            leaves_window_ms: Vec::new(),
+        };
+        let others = facts
+            .removals
+            .iter()
+            .map(|r| (r.host.as_str(), r.at_ms, r.same_fleet));
+        let own = details.removals().map(|(host, at)| (host, at, true));
+        for (host, at_ms, same_fleet) in others.chain(own) {
+            if at_ms <= since {
+                continue;
+            }
+            budget
+                .leaves_window_ms
+                .push(at_ms + facts.limits.window_ms as i64);
+            budget.charge(host, same_fleet);
+        }
+        budget.leaves_window_ms.sort_unstable();
+        budget
+    }
+
+    /// The pools `host` serves in (not those it is a spare of: taking a spare out removes no
+    /// capacity).
+    fn pools_of(&self, host: &str) -> Vec<levee_fleet::PoolId> {
+        self.index
+            .host(host)
+            .map(|id| {
+                self.index
+                    .memberships(id)
+                    .iter()
+                    .filter(|m| !m.spare)
+                    .map(|m| m.pool)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn charge(&mut self, host: &str, same_fleet: bool) {
+        self.overall_used += 1;
+        if same_fleet {
+            for pool in self.pools_of(host) {
+                *self.pool_used.entry(pool).or_default() += 1;
+            }
+        }
+    }
+
+    /// Why taking `host` out now would pass a limit, or `None` when it fits.
+    fn refusal(&self, host: &str) -> Option<String> {
+        let window = self.limits.describe_window();
+        if let Some(max) = self.limits.max_overall
+            && self.overall_used >= max
+        {
+            return Some(format!(
+                "{} hosts were taken out in the last {window} over every maintenance, the \
+                 server's limit (--max-removals {max})",
+                self.overall_used
+            ));
+        }
+        if let Some(max) = self.limits.max_per_pool {
+            for pool in self.pools_of(host) {
+                let used = self.pool_used.get(&pool).copied().unwrap_or(0);
+                if used >= max {
+                    let pool = self.index.pool(pool);
+                    return Some(format!(
+                        "pool {}/{} had {used} hosts taken out in the last {window}, the \
+                         server's limit per pool (--max-removals-per-pool {max})",
+                        self.index.service(pool.service).name,
+                        pool.name
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// When the next counted removal leaves the window (and so frees some budget).
+    fn frees_at_ms(&self) -> Option<i64> {
+        self.leaves_window_ms.first().copied()
+    }
+}
+
+/// The next step of the disable flow, applied to `details` when one starts: at most each
+/// service's `disable_concurrency` hosts, one failure domain when the rollout says so, within
+/// the removal rate limits, not before the step interval has passed since the last step.
+fn next_step(current: &Current<'_>, facts: &Facts<'_>, details: &mut Details) -> StepChoice {
+    let now = facts.now_ms;
     let manually = details.manually_enabled.clone();
-    // Spares other services may use: outside the scope, not held, not down.
-    let mut taken: BTreeSet<String> = BTreeSet::new();
+    // Services without host-level work settle at once.
     for service in &mut details.services {
         if service.status != ServiceStatus::Pending {
             continue;
         }
-        let hosts: Vec<String> = service
-            .hosts
-            .iter()
-            .filter(|h| !manually.contains_key(*h))
-            .cloned()
-            .collect();
-        match &service.action {
+        match service.action {
             PolicyAction::Nothing => {
                 service.status = ServiceStatus::Disabled;
                 service.note = "its policy rides the maintenance out: nothing to do".to_string();
-            }
-            PolicyAction::DrainAndWait => {
-                service.disabled = hosts;
-                service.status = ServiceStatus::Disabled;
-                service.note = format!(
-                    "{} hosts out of the load-balancer pool until the end",
-                    service.disabled.len()
-                );
-            }
-            PolicyAction::ReplaceWithSpares => {
-                let free = free_spares(current, facts, &service.service, &taken);
-                if free.len() < hosts.len() {
-                    service.status = ServiceStatus::NeedsHuman;
-                    service.failed_hosts = hosts[free.len()..].to_vec();
-                    service.note = format!(
-                        "only {} spares are free for {} hosts: replace the rest by hand",
-                        free.len(),
-                        hosts.len()
-                    );
-                    continue;
-                }
-                for (host, spare) in hosts.iter().zip(free) {
-                    taken.insert(spare.clone());
-                    service.replacements.insert(host.clone(), spare);
-                }
-                service.disabled = hosts;
-                service.status = ServiceStatus::Disabled;
-                service.note = format!(
-                    "{} hosts replaced with spares ahead of the maintenance",
-                    service.disabled.len()
-                );
-            }
-            PolicyAction::Runbook { runbook, with } => {
-                let name = run_name(current.id, &service.service, "disable");
-                let params = runbook_params(
-                    current,
-                    &hosts,
-                    with,
-                    facts.runbooks_with_phase.contains(&runbook.value),
-                    "disable",
-                );
-                service.run_name = Some(name.clone());
-                service.status = ServiceStatus::Running;
-                service.disabled = hosts;
-                service.note = format!("running `{}` as run {name}", runbook.value);
-                effects.push(Effect::StartRun {
-                    service: service.service.clone(),
-                    runbook: runbook.value.clone(),
-                    name,
-                    params,
-                });
             }
             PolicyAction::Human => {
                 service.status = ServiceStatus::NeedsHuman;
                 service.note = "its policy leaves it to a person (no automation)".to_string();
             }
+            _ if service.remaining(&manually).is_empty() => {
+                service.status = ServiceStatus::Disabled;
+                service.note = format!(
+                    "{} hosts out of service, {} put back by hand",
+                    service.disabled.len(),
+                    service
+                        .hosts
+                        .iter()
+                        .filter(|h| manually.contains_key(*h))
+                        .count()
+                );
+            }
+            _ => {}
         }
     }
-    effects
+    let mut remaining: Vec<(usize, Vec<String>)> = details
+        .services
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.status == ServiceStatus::Pending && s.removes_hosts())
+        .map(|(i, s)| (i, s.remaining(&manually)))
+        .filter(|(_, hosts)| !hosts.is_empty())
+        .collect();
+    if remaining.is_empty() {
+        return StepChoice::Finished;
+    }
+    let number = details.steps.len() as u32 + 1;
+    if let Some(last) = details.steps.last() {
+        let next_at = last.at_ms + details.rollout.step_interval_ms as i64;
+        if now < next_at {
+            return StepChoice::Wait {
+                why: format!(
+                    "step {} done; step {number} starts at {} (one step every {})",
+                    last.number,
+                    crate::clock::rfc3339(next_at),
+                    crate::ui::layout::duration_text(details.rollout.step_interval_ms)
+                ),
+                unblock: String::new(),
+            };
+        }
+    }
+    // One failure domain per step: the first domain (by name) with hosts left; a host with
+    // no value at the level is a step of its own.
+    let index = facts.index;
+    let level = details.rollout.one_domain_per_step;
+    let domain_of = |host: &str| -> Option<String> {
+        let level = level?;
+        index
+            .host(host)
+            .and_then(|id| index.domain_of(id, level))
+            .map(str::to_string)
+    };
+    let mut domain = None;
+    if level.is_some() {
+        let first = remaining
+            .iter()
+            .flat_map(|(_, hosts)| hosts.iter())
+            .map(|h| (domain_of(h).is_none(), domain_of(h), h.clone()))
+            .min()
+            .expect("remaining is not empty");
+        for (_, hosts) in &mut remaining {
+            hosts.retain(|h| match &first.1 {
+                Some(value) => domain_of(h).as_ref() == Some(value),
+                None => *h == first.2,
+            });
+        }
+        domain = first.1;
+    }
+    let mut budget = Budget::new(facts, details);
+    let mut chosen: Vec<(usize, Vec<String>)> = Vec::new();
+    let mut held_back: Option<String> = None;
+    for (service, hosts) in &remaining {
+        let cap = details.services[*service].disable_concurrency.max(1) as usize;
+        let mut take = Vec::new();
+        for host in hosts {
+            if take.len() >= cap {
+                break;
+            }
+            match budget.refusal(host) {
+                None => {
+                    budget.charge(host, true);
+                    take.push(host.clone());
+                }
+                Some(why) => {
+                    held_back.get_or_insert(why);
+                }
+            }
+        }
+        if !take.is_empty() {
+            chosen.push((*service, take));
+        }
+    }
+    if chosen.is_empty() {
+        let why = held_back.unwrap_or_else(|| "no host may be taken out now".to_string());
+        let left: usize = remaining.iter().map(|(_, h)| h.len()).sum();
+        let when = budget
+            .frees_at_ms()
+            .map(|at| format!("at {}", crate::clock::rfc3339(at)))
+            .unwrap_or_else(|| "once earlier removals leave the window".to_string());
+        return StepChoice::Wait {
+            why: format!("removal rate limit: {why}; {left} hosts wait for step {number}"),
+            unblock: format!(
+                "the step starts by itself {when}, when earlier removals leave the window; or \
+                 raise the server's limits"
+            ),
+        };
+    }
+    let mut effects = Vec::new();
+    let mut taken_spares: BTreeSet<String> = details
+        .services
+        .iter()
+        .flat_map(|s| s.replacements.values().cloned())
+        .collect();
+    let mut step_hosts = Vec::new();
+    let mut parts = Vec::new();
+    for (i, hosts) in chosen {
+        let service = &mut details.services[i];
+        let before = service.disabled.len();
+        if let Some(effect) = take_out(current, facts, service, hosts, number, &mut taken_spares) {
+            effects.push(effect);
+        }
+        let taken = &service.disabled[before..];
+        if !taken.is_empty() {
+            parts.push(format!("{} of {}", taken.len(), service.service));
+            step_hosts.extend(taken.iter().cloned());
+        }
+        if service.status == ServiceStatus::Pending && service.remaining(&manually).is_empty() {
+            service.status = ServiceStatus::Disabled;
+        }
+    }
+    step_hosts.sort();
+    if step_hosts.is_empty() {
+        // Nothing could be taken (no spares to replace with): people are needed, which the
+        // next pass says.
+        return StepChoice::Started {
+            effects,
+            why: "automation cannot take the next hosts out".to_string(),
+        };
+    }
+    let mut why = format!("step {number}: taking out {}", parts.join(", "));
+    if let Some(value) = &domain {
+        why.push_str(&format!(
+            " ({} {value})",
+            level.expect("a domain has a level")
+        ));
+    }
+    details.steps.push(StepRecord {
+        number,
+        at_ms: now,
+        domain,
+        hosts: step_hosts,
+    });
+    StepChoice::Started { effects, why }
+}
+
+/// The steps the disable flow would take for `services` with nothing else in the way (no
+/// rate limit reached, every run succeeding, no interval): what a plan shows.
+pub fn planned_steps(
+    index: &FleetIndex,
+    policies: &PolicySet,
+    hosts: &[String],
+    window: Window,
+    services: &[ServiceFlow],
+    rollout: &Rollout,
+) -> Vec<StepRecord> {
+    let mut details = Details {
+        description: None,
+        duration_ms: (window.end_ms - window.start_ms).max(0) as u64,
+        on_preflight_failure: OnPreflightFailure::Refuse,
+        human_deadline_ms: window.end_ms,
+        on_deadline: Fallback::Cancel,
+        approval_required: Vec::new(),
+        approved: None,
+        preflight: None,
+        preflight_at_ms: None,
+        services: services.to_vec(),
+        spares_unavailable: Vec::new(),
+        manually_enabled: BTreeMap::new(),
+        cancel_requested: None,
+        finished_early: None,
+        resume_to: None,
+        rollout: Rollout {
+            one_domain_per_step: rollout.one_domain_per_step,
+            step_interval_ms: 0,
+        },
+        steps: Vec::new(),
+        history: Vec::new(),
+    };
+    let unlimited = RemovalLimits {
+        window_ms: 1,
+        max_per_pool: None,
+        max_overall: None,
+    };
+    let runs = BTreeMap::new();
+    let phases = BTreeSet::new();
+    let template = details.clone();
+    let facts = Facts {
+        index,
+        policies,
+        others: &[],
+        runbooks_with_phase: &phases,
+        runs: &runs,
+        limits: &unlimited,
+        removals: &[],
+        now_ms: window.start_ms,
+    };
+    let current = Current {
+        id: "plan",
+        state: DISABLING,
+        kind: "plan",
+        hosts,
+        window,
+        owner: "",
+        why: "",
+        details: &template,
+    };
+    // Each step takes at least one host, so this ends; the bound guards against a bug.
+    for _ in 0..=hosts.len() {
+        match next_step(&current, &facts, &mut details) {
+            StepChoice::Started { .. } => {
+                for service in &mut details.services {
+                    if service.status == ServiceStatus::Running {
+                        service.in_flight.clear();
+                        service.status = if service.remaining(&BTreeMap::new()).is_empty() {
+                            ServiceStatus::Disabled
+                        } else {
+                            ServiceStatus::Pending
+                        };
+                    }
+                }
+            }
+            StepChoice::Finished | StepChoice::Wait { .. } => break,
+        }
+    }
+    details.steps
+}
+
+/// Host-level disable of `hosts` of `service` in step `number`: its policy's action.
+fn take_out(
+    current: &Current<'_>,
+    facts: &Facts<'_>,
+    service: &mut ServiceFlow,
+    hosts: Vec<String>,
+    number: u32,
+    taken_spares: &mut BTreeSet<String>,
+) -> Option<Effect> {
+    match &service.action {
+        PolicyAction::DrainAndWait => {
+            service.disabled.extend(hosts);
+            service.note = format!(
+                "{} hosts out of the load-balancer pool until the end",
+                service.disabled.len()
+            );
+            None
+        }
+        PolicyAction::ReplaceWithSpares => {
+            let free = free_spares(current, facts, &service.service, taken_spares);
+            if free.len() < hosts.len() {
+                service.status = ServiceStatus::NeedsHuman;
+                service.failed_hosts = hosts[free.len()..].to_vec();
+                service.note = format!(
+                    "only {} spares are free for {} hosts: replace the rest by hand",
+                    free.len(),
+                    hosts.len()
+                );
+                return None;
+            }
+            for (host, spare) in hosts.iter().zip(free) {
+                taken_spares.insert(spare.clone());
+                service.replacements.insert(host.clone(), spare);
+            }
+            service.disabled.extend(hosts);
+            service.note = format!(
+                "{} hosts replaced with spares ahead of the maintenance",
+                service.disabled.len()
+            );
+            None
+        }
+        PolicyAction::Runbook { runbook, with } => {
+            let name = run_name(current.id, &service.service, &format!("disable-{number}"));
+            let params = runbook_params(
+                current,
+                &hosts,
+                with,
+                facts.runbooks_with_phase.contains(&runbook.value),
+                "disable",
+            );
+            service.run_name = Some(name.clone());
+            service.status = ServiceStatus::Running;
+            service.disabled.extend(hosts.iter().cloned());
+            service.in_flight = hosts;
+            service.note = format!("running `{}` as run {name}", runbook.value);
+            Some(Effect::StartRun {
+                service: service.service.clone(),
+                runbook: runbook.value.clone(),
+                name,
+                params,
+            })
+        }
+        PolicyAction::Nothing | PolicyAction::Human => None,
+    }
 }
 
 /// A policy runbook's parameters: its `with:` arguments, then `hosts` (comma-separated),
@@ -944,6 +1476,7 @@ fn progress_runs(facts: &Facts<'_>, details: &mut Details, enabling: bool) {
     } else {
         ServiceStatus::Running
     };
+    let manually = details.manually_enabled.clone();
     for service in &mut details.services {
         if service.status != waiting {
             continue;
@@ -961,23 +1494,45 @@ fn progress_runs(facts: &Facts<'_>, details: &mut Details, enabling: bool) {
                     service.disabled.clear();
                     service.note = format!("run {name} enabled its hosts");
                 } else {
-                    service.status = ServiceStatus::Disabled;
-                    service.note = format!("run {name} took its hosts out");
+                    service.in_flight.clear();
+                    service.status = if service.remaining(&manually).is_empty() {
+                        ServiceStatus::Disabled
+                    } else {
+                        ServiceStatus::Pending
+                    };
+                    service.note = format!(
+                        "run {name} took its hosts out ({} of {} so far)",
+                        service.disabled.len(),
+                        service.hosts.len()
+                    );
                 }
             }
             Some(RunOutcome::Failed(why)) => {
-                // A runbook acts on all its hosts together: its failure is every host's.
-                let failed = service.disabled.len() as u64;
-                if !enabling && failed <= service.allowed_failures {
-                    service.status = ServiceStatus::Disabled;
+                // A runbook acts on all its hosts together: its failure is every host's
+                // (the step's when disabling, all of them when enabling).
+                if enabling {
                     service.failed_hosts = service.disabled.clone();
+                } else {
+                    let step = std::mem::take(&mut service.in_flight);
+                    for host in step {
+                        if !service.failed_hosts.contains(&host) {
+                            service.failed_hosts.push(host);
+                        }
+                    }
+                }
+                let failed = service.failed_hosts.len() as u64;
+                if !enabling && failed <= service.allowed_failures {
+                    service.status = if service.remaining(&manually).is_empty() {
+                        ServiceStatus::Disabled
+                    } else {
+                        ServiceStatus::Pending
+                    };
                     service.note = format!(
                         "run {name} failed ({why}), within the {} failures its policy accepts",
                         service.allowed_failures
                     );
                 } else {
                     service.status = ServiceStatus::NeedsHuman;
-                    service.failed_hosts = service.disabled.clone();
                     service.note = format!(
                         "run {name} failed ({why}): confirm the hosts were {} by hand",
                         if enabling { "enabled" } else { "disabled" }
@@ -1000,11 +1555,15 @@ fn start_enable_phase(
     for service in &mut details.services {
         match (&service.action, service.status) {
             (_, ServiceStatus::ByHand) => {}
-            (PolicyAction::Runbook { runbook, with }, ServiceStatus::Disabled)
-                if facts.runbooks_with_phase.contains(&runbook.value) =>
+            (
+                PolicyAction::Runbook { runbook, with },
+                ServiceStatus::Disabled | ServiceStatus::Pending,
+            ) if facts.runbooks_with_phase.contains(&runbook.value)
+                && !service.disabled.is_empty() =>
             {
                 let name = run_name(current.id, &service.service, "enable");
                 service.run_name = Some(name.clone());
+                service.in_flight.clear();
                 service.status = ServiceStatus::Enabling;
                 service.note = format!("running `{}` as run {name} to enable", runbook.value);
                 effects.push(Effect::StartRun {
@@ -1035,6 +1594,21 @@ fn start_enable_phase(
         details,
         effects,
     }
+}
+
+/// A transition within `state` (progress, or a new reason to wait): no history entry.
+fn stay(details: Details, state: &str, why: String, unblock: String) -> Transition {
+    Transition {
+        state: state.to_string(),
+        why,
+        unblock,
+        details,
+        effects: vec![],
+    }
+}
+
+fn current_why_differs(current: &Current<'_>, why: &str) -> bool {
+    current.why != why
 }
 
 fn to(

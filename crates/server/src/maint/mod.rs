@@ -31,7 +31,10 @@ use crate::clock::rfc3339;
 use crate::error::ApiError;
 use crate::machines::validate_id;
 
-pub use flow::{Details, Fallback, OnPreflightFailure, ServiceFlow, ServiceStatus, Signed};
+pub use flow::{
+    Details, Fallback, OnPreflightFailure, RemovalLimits, Rollout, ServiceFlow, ServiceStatus,
+    Signed,
+};
 
 /// The flow begins this long before the window: preflight again, then disable, so hosts are
 /// out of service when the work starts.
@@ -100,6 +103,12 @@ pub struct MaintenanceRequest {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub on_deadline: Option<Fallback>,
+    /// Take the scope one failure domain at a time: `rack`, `power`, `switch`, `row`, ...
+    #[serde(default)]
+    pub one_domain_per_step: Option<String>,
+    /// Least time between the starts of two disable steps (`5m`); none when left out.
+    #[serde(default)]
+    pub step_interval: Option<String>,
 }
 
 /// What scheduling would do, with nothing changed.
@@ -126,6 +135,15 @@ pub struct MaintenancePlan {
     /// Each affected service's action, and its hosts.
     #[schema(value_type = Vec<Object>)]
     pub services: Vec<ServiceFlow>,
+    /// How the disable flow is paced: one failure domain per step, the interval.
+    #[schema(value_type = Object)]
+    pub rollout: Rollout,
+    /// The disable flow's steps, when no removal rate limit holds them back.
+    #[schema(value_type = Vec<Object>)]
+    pub steps: Vec<flow::StepRecord>,
+    /// The server's removal rate limits, which may hold steps back.
+    #[schema(value_type = Object)]
+    pub removal_limits: RemovalLimits,
     /// Maintenances overlapping in time that already hold some of these hosts.
     pub conflicts: Vec<String>,
     /// `schedule`, `needs_approval`, `needs_human` or `refuse`: what scheduling it now gives.
@@ -394,6 +412,41 @@ fn same_host_conflicts(hosts: &[String], window: Window, others: &[Reservation])
         .collect()
 }
 
+/// The request's pacing of the disable flow, checked.
+fn parse_rollout(request: &MaintenanceRequest) -> Result<Rollout, ApiError> {
+    let one_domain_per_step = match request.one_domain_per_step.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(key) => Some(DomainLevel::from_key(key).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "`one_domain_per_step`: `{key}` is not a failure domain level; use one of {}",
+                DomainLevel::ALL
+                    .iter()
+                    .map(|l| l.key())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?),
+    };
+    let step_interval_ms = match request.step_interval.as_deref().map(str::trim) {
+        None | Some("") => 0,
+        Some(text) => {
+            let ms = parse_duration_ms(text)
+                .map_err(|e| ApiError::bad_request(format!("`step_interval`: {e}")))?;
+            if ms > flow::MAX_STEP_INTERVAL_MS {
+                return Err(ApiError::bad_request(format!(
+                    "`step_interval` is at most {} hours",
+                    flow::MAX_STEP_INTERVAL_MS / 3_600_000
+                )));
+            }
+            ms
+        }
+    };
+    Ok(Rollout {
+        one_domain_per_step,
+        step_interval_ms,
+    })
+}
+
 fn new_maintenance_id(now_ms: i64) -> String {
     let date = jiff::Timestamp::from_millisecond(now_ms)
         .map(|t| t.strftime("%Y%m%d").to_string())
@@ -510,6 +563,15 @@ impl App {
             &report,
         )
         .map_err(ApiError::internal)?;
+        let rollout = parse_rollout(request)?;
+        let steps = flow::planned_steps(
+            &context.index,
+            &context.policies,
+            &hosts,
+            window,
+            &services,
+            &rollout,
+        );
         let radius = blast_radius(&context.index, &scope);
         let approval_required = radius.exceeded(&self.maint_approval);
         let mode = request.on_preflight_failure.unwrap_or_default();
@@ -537,6 +599,9 @@ impl App {
             explanation: report.explain(),
             preflight: report,
             services,
+            rollout,
+            steps,
+            removal_limits: self.removal_limits.clone(),
             conflicts,
             outcome: outcome.to_string(),
         };
@@ -618,6 +683,8 @@ impl App {
             cancel_requested: None,
             finished_early: None,
             resume_to: None,
+            rollout: plan.rollout.clone(),
+            steps: Vec::new(),
             history: Vec::new(),
         };
         let flow_start = prepared.window.start_ms - DISABLE_LEAD_MS;

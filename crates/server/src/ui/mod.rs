@@ -17,7 +17,7 @@
 //! this server, no inline script or style, no framing.
 
 mod fleet;
-mod layout;
+pub(crate) mod layout;
 mod machines;
 mod pages;
 mod start;

@@ -90,6 +90,8 @@ pub struct Options {
     pub metric_source: Option<Arc<dyn levee_stages::MetricSource>>,
     /// Where notifications go (none by default).
     pub webhooks: levee_server::webhooks::WebhookConfig,
+    /// The maintenance removal rate limits (the server's defaults when `None`).
+    pub removal_limits: Option<levee_server::maint::RemovalLimits>,
 }
 
 /// A Levee server running in this process on `127.0.0.1:0`, with its own SQLite file.
@@ -156,6 +158,7 @@ pub async fn start_with(options: Options) -> TestServer {
         shutdown_steps_grace_ms: Some(0),
         metric_source: options.metric_source.clone(),
         webhooks: options.webhooks.clone(),
+        removal_limits: options.removal_limits.clone(),
         ..AppOptions::default()
     };
     let app = App::open(Arc::new(store), app_clock, app_options)
