@@ -1,6 +1,7 @@
 //! The web UI in a real browser: Debian's chromium, headless, driven through chromedriver by
 //! fantoccini against a real server. Operators steer a run (override a failed health check,
-//! approve) and watch it finish live; a viewer sees no controls and the API refuses it; a run
+//! approve, let a task go ahead of a weak dependency, change a paced ramp's pace) and watch
+//! it finish live; a viewer sees no controls and the API refuses it; a run
 //! page of 1,000 tasks is timed (render, and live updates while the API drives transitions).
 //! Screenshots of the main pages go to `target/ui-screenshots/`.
 //!
@@ -925,5 +926,149 @@ async fn operators_start_a_runbook_with_its_plan_steer_tasks_and_approve_mainten
             "a viewer sees controls on {page}"
         );
     }
+    browser.close().await;
+}
+
+/// A task that waits an hour, one that comes `after` it (a weak dependency), and a paced
+/// ramp that appends each step's value to `file` and waits an hour between steps.
+fn steered_yaml(file: &std::path::Path) -> String {
+    format!(
+        "\
+kind: Runbook
+name: steered
+tasks:
+  - id: slow
+    stage: wait
+    with: {{ duration: 1h }}
+  - id: follower
+    stage: log
+    after: [slow]
+    with: {{ message: went ahead }}
+  - id: shift
+    stage: ramp
+    with:
+      command: [sh, -c, 'echo \"$1\" >> \"$2\"', sh, '{{value}}', \"{}\"]
+      from: 100
+      to: 0
+      first_step: 5
+      step: 20%
+      wait: 1h
+",
+        file.display()
+    )
+}
+
+/// The journal entries of `run` of `kind` by `actor` with `reason`.
+async fn journaled(
+    server: &TestServer,
+    admin: &str,
+    run: &str,
+    kind: &str,
+    actor: &str,
+) -> Vec<Value> {
+    let journal = server
+        .send(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/journal"),
+            Some(admin),
+            None,
+        )
+        .await
+        .json();
+    journal["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind && e["actor"] == actor)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_override_a_weak_dependency_and_change_a_pace_from_the_task_page() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let server = start_with(Options {
+        real_clock: true,
+        ..Options::default()
+    })
+    .await;
+    let admin = create_token(&server, None, "admin", "admin").await;
+    let alice = create_token(&server, Some(&admin), "alice", "operator").await;
+    let file = server.dir.path().join("weights");
+    let applied = server
+        .apply_as(Some(&admin), "steered.yaml", &steered_yaml(&file))
+        .await;
+    assert_eq!(applied.status, StatusCode::OK, "{}", applied.body);
+    let run = start_run(&server, Some(&admin), "steered", json!({})).await;
+    browser.sign_in(&server, &alice).await;
+
+    // The follower waits for `slow` (an hour); an operator lets it go ahead, with a reason.
+    browser
+        .client
+        .goto(&server.url(&format!("/ui/runs/{run}/tasks/follower")))
+        .await
+        .unwrap();
+    browser.wait_text("#task-status", "waiting").await;
+    assert_eq!(browser.count("#task-dep option[value=slow]").await, 1);
+    browser.screenshot("task-weak-dependency").await;
+    browser
+        .client
+        .execute(
+            "document.getElementById('task-control').value = 'override_weak_dep'",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser
+        .fill("#task-reason", "slow is only a warm-up; go ahead")
+        .await;
+    browser.click("#task-form button[type=submit]").await;
+    browser.wait_text("#task-status", "succeeded").await;
+    let overridden = journaled(&server, &admin, &run, "weak_dep_overridden", "alice").await;
+    assert_eq!(overridden.len(), 1, "{overridden:?}");
+    assert_eq!(overridden[0]["reason"], "slow is only a warm-up; go ahead");
+    assert_eq!(
+        browser.count("#task-dep").await,
+        0,
+        "an overridden weak dependency is no longer offered"
+    );
+
+    // The ramp took its first, small step and waits an hour; the operator speeds it up.
+    browser
+        .client
+        .goto(&server.url(&format!("/ui/runs/{run}/tasks/shift")))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_millis(PAGE_WAIT_MS);
+    while browser.count("ol.steps li").await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the ramp's first step never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(PAGE_POLL_MS)).await;
+        browser.client.refresh().await.unwrap();
+    }
+    browser.wait_text("#task-status", "running").await;
+    browser.screenshot("task-paced").await;
+    browser
+        .client
+        .execute(
+            "document.getElementById('task-control').value = 'set_pace'",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser.fill("#task-step", "50%").await;
+    browser.fill("#task-wait", "10ms").await;
+    browser.fill("#task-reason", "error budget is fine").await;
+    browser.click("#task-form button[type=submit]").await;
+    browser.wait_text("#task-status", "succeeded").await;
+    let weights = std::fs::read_to_string(&file).unwrap_or_default();
+    assert_eq!(weights.lines().collect::<Vec<_>>(), ["95", "45", "0"]);
+    let paced = journaled(&server, &admin, &run, "pace_changed", "alice").await;
+    assert_eq!(paced.len(), 1, "{paced:?}");
+    assert_eq!(paced[0]["reason"], "error budget is fine");
     browser.close().await;
 }
