@@ -62,7 +62,9 @@ pub fn router() -> Router<SharedApp> {
         .route("/ui/runs/{id}", get(pages::run))
         .route("/ui/runs/{id}/parts", get(pages::run_parts))
         .route("/ui/runs/{id}/report", get(pages::report))
-        .route("/ui/runs/{id}/tasks/{task}", get(task::task))
+        // A wildcard: task ids of template steps and included runbooks hold `/`
+        // (`web/announce`), and the run page links them as they are.
+        .route("/ui/runs/{id}/tasks/{*task}", get(task::task))
         .route("/ui/runbooks", get(start::runbooks))
         .route("/ui/runbooks/{name}", get(start::runbook))
         .route("/ui/drain-tests", get(drain_tests::drain_tests))
