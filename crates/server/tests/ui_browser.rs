@@ -1306,6 +1306,17 @@ async fn drain_test_pages_chart_the_history_and_only_operators_run_one_now() {
     );
     browser.wait_text("#dt-last", "passed").await;
     browser.screenshot("drain-test").await;
+    browser.client.refresh().await.unwrap();
+    let dom_ms = page_number(
+        &browser,
+        "return performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd",
+    )
+    .await;
+    println!("UI figure: a drain test's page with 3 trend charts: DOMContentLoaded {dom_ms:.0} ms");
+    assert!(
+        dom_ms < RENDER_BOUND_MS,
+        "the page took {dom_ms} ms to load"
+    );
 
     // A viewer: the history and the charts, no control, and the API refuses it anyway.
     browser.click("header form button[type=submit]").await;
