@@ -4,6 +4,7 @@
 //! it finish live; a viewer sees no controls and the API refuses it; a run
 //! page of 1,000 tasks is timed (render, and live updates while the API drives transitions).
 //! The drain test pages chart a test's history; an operator runs one now, a viewer only reads.
+//! A run executed by one server is followed live on the page of another on the same store.
 //! Screenshots of the main pages go to `target/ui-screenshots/`.
 //!
 //! Without chromium or chromedriver the tests say why and pass, unless `CI` is set: CI installs
@@ -1346,5 +1347,104 @@ async fn drain_test_pages_chart_the_history_and_only_operators_run_one_now() {
         .unwrap();
     assert_eq!(status, json!(403), "the API refuses a viewer");
     browser.screenshot("drain-test-viewer").await;
+    browser.close().await;
+}
+
+/// Five tasks one after another, each waiting a little.
+const CHAIN_YAML: &str = "\
+kind: Runbook
+name: chain
+tasks:
+  - id: a
+    stage: wait
+    with: { duration: 800ms }
+  - id: b
+    stage: wait
+    needs: [a]
+    with: { duration: 800ms }
+  - id: c
+    stage: wait
+    needs: [b]
+    with: { duration: 800ms }
+  - id: d
+    stage: wait
+    needs: [c]
+    with: { duration: 800ms }
+  - id: e
+    stage: log
+    needs: [d]
+    with: { message: done }
+";
+
+/// What `levee demo` needs to show its rehearsal live: a run executed by one server (the
+/// rehearsal's) is followed live on the page of another server on the same store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_executed_by_another_server_on_the_same_store_is_live_on_this_one() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let executing = start_with(Options {
+        real_clock: true,
+        ..Options::default()
+    })
+    .await;
+    let watching = start_with(Options {
+        real_clock: true,
+        dir: Some(executing.dir.clone()),
+        ..Options::default()
+    })
+    .await;
+    executing.apply("chain.yaml", CHAIN_YAML).await;
+    let run = start_run(
+        &executing,
+        None,
+        "chain",
+        json!({ "start": false, "name": "watched" }),
+    )
+    .await;
+    browser
+        .client
+        .goto(&watching.url(&format!("/ui/runs/{run}")))
+        .await
+        .unwrap();
+    browser.wait_text("#live", "live").await;
+    let started = executing
+        .send(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/controls"),
+            None,
+            Some(&json!({ "control": "start", "reason": "watch it elsewhere" })),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+    // The page moves on while the run goes: it shows some of the tasks done before all.
+    let deadline = Instant::now() + Duration::from_millis(PAGE_WAIT_MS);
+    let mut seen_done = std::collections::BTreeSet::new();
+    loop {
+        let done = browser.text("[data-run-done]").await.unwrap_or_default();
+        seen_done.insert(done);
+        if browser.text("[data-run-status]").await.as_deref() == Some("succeeded") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page never showed the run succeeded; it showed {seen_done:?} done"
+        );
+        tokio::time::sleep(Duration::from_millis(PAGE_POLL_MS)).await;
+    }
+    assert!(
+        ["1", "2", "3", "4"].iter().any(|n| seen_done.contains(*n)),
+        "the page jumped to the end instead of following the run: {seen_done:?}"
+    );
+    browser
+        .wait_text("tr[data-task=e] [data-field=status]", "succeeded")
+        .await;
+    let applied = page_number(&browser, "return window.leveeLive.applied").await;
+    assert!(
+        applied >= 5.0,
+        "the page applied {applied} transitions live"
+    );
+    let owner = watching.get(&format!("/api/v1/runs/{run}")).await.json();
+    assert_eq!(owner["status"], "succeeded", "{owner}");
     browser.close().await;
 }
