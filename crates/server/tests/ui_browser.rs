@@ -1226,6 +1226,11 @@ async fn drain_test_pages_chart_the_history_and_only_operators_run_one_now() {
             .await,
         1
     );
+    browser
+        .client
+        .execute("document.getElementById('exec-h').scrollIntoView()", vec![])
+        .await
+        .unwrap();
     browser.screenshot("drain-test-failed").await;
 
     // The scheduled test: its trend charts, then "run now" (its name typed first).
