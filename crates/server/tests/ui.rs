@@ -123,6 +123,7 @@ async fn pages_escape_task_output_and_carry_a_strict_policy() {
         "/ui/fleet".to_string(),
         "/ui/maintenances".to_string(),
         "/ui/machines".to_string(),
+        "/ui/drain-tests".to_string(),
     ] {
         let page = get_page(&server, &path, None).await;
         assert_eq!(page.status(), StatusCode::OK, "{path}");
@@ -392,4 +393,45 @@ async fn the_start_page_shows_the_plan_only_for_valid_parameters_and_only_operat
         )
         .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+}
+
+/// A runbook whose task is a template's two steps, so their ids hold a `/`.
+const TEMPLATED_YAML: &str = "\
+kind: TaskTemplate
+name: move
+steps:
+  - id: announce
+    stage: log
+    with: { message: moving }
+  - id: verify
+    stage: log
+    with: { message: moved }
+---
+kind: Runbook
+name: templated
+tasks:
+  - id: web
+    template: move
+";
+
+#[tokio::test]
+async fn a_task_page_opens_for_a_template_step_whose_id_holds_a_slash() {
+    let server = start().await;
+    server.apply("templated.yaml", TEMPLATED_YAML).await;
+    let run = start_run(&server, None, "templated").await;
+    wait_for_task(&server, None, &run, "web/verify", "succeeded").await;
+    let page = get_page(&server, &format!("/ui/runs/{run}"), None).await;
+    let html = page.text().await.unwrap();
+    let link = format!("href=\"/ui/runs/{run}/tasks/web/announce\"");
+    assert!(
+        html.contains(&link),
+        "the run page links the step as it is: {html}"
+    );
+    let page = get_page(&server, &format!("/ui/runs/{run}/tasks/web/announce"), None).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("data-task=\"web/announce\""), "{html}");
+    // A step that does not exist is still a 404.
+    let missing = get_page(&server, &format!("/ui/runs/{run}/tasks/web/nothing"), None).await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 }

@@ -1,7 +1,10 @@
 //! The web UI in a real browser: Debian's chromium, headless, driven through chromedriver by
 //! fantoccini against a real server. Operators steer a run (override a failed health check,
-//! approve) and watch it finish live; a viewer sees no controls and the API refuses it; a run
+//! approve, let a task go ahead of a weak dependency, change a paced ramp's pace) and watch
+//! it finish live; a viewer sees no controls and the API refuses it; a run
 //! page of 1,000 tasks is timed (render, and live updates while the API drives transitions).
+//! The drain test pages chart a test's history; an operator runs one now, a viewer only reads.
+//! A run executed by one server is followed live on the page of another on the same store.
 //! Screenshots of the main pages go to `target/ui-screenshots/`.
 //!
 //! Without chromium or chromedriver the tests say why and pass, unless `CI` is set: CI installs
@@ -925,5 +928,528 @@ async fn operators_start_a_runbook_with_its_plan_steer_tasks_and_approve_mainten
             "a viewer sees controls on {page}"
         );
     }
+    browser.close().await;
+}
+
+/// A task that waits an hour, one that comes `after` it (a weak dependency), and a paced
+/// ramp that appends each step's value to `file` and waits an hour between steps.
+fn steered_yaml(file: &std::path::Path) -> String {
+    format!(
+        "\
+kind: Runbook
+name: steered
+tasks:
+  - id: slow
+    stage: wait
+    with: {{ duration: 1h }}
+  - id: follower
+    stage: log
+    after: [slow]
+    with: {{ message: went ahead }}
+  - id: shift
+    stage: ramp
+    with:
+      command: [sh, -c, 'echo \"$1\" >> \"$2\"', sh, '{{value}}', \"{}\"]
+      from: 100
+      to: 0
+      first_step: 5
+      step: 20%
+      wait: 1h
+",
+        file.display()
+    )
+}
+
+/// The journal entries of `run` of `kind` by `actor` with `reason`.
+async fn journaled(
+    server: &TestServer,
+    admin: &str,
+    run: &str,
+    kind: &str,
+    actor: &str,
+) -> Vec<Value> {
+    let journal = server
+        .send(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/journal"),
+            Some(admin),
+            None,
+        )
+        .await
+        .json();
+    journal["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind && e["actor"] == actor)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_override_a_weak_dependency_and_change_a_pace_from_the_task_page() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let server = start_with(Options {
+        real_clock: true,
+        ..Options::default()
+    })
+    .await;
+    let admin = create_token(&server, None, "admin", "admin").await;
+    let alice = create_token(&server, Some(&admin), "alice", "operator").await;
+    let file = server.dir.path().join("weights");
+    let applied = server
+        .apply_as(Some(&admin), "steered.yaml", &steered_yaml(&file))
+        .await;
+    assert_eq!(applied.status, StatusCode::OK, "{}", applied.body);
+    let run = start_run(&server, Some(&admin), "steered", json!({})).await;
+    browser.sign_in(&server, &alice).await;
+
+    // The follower waits for `slow` (an hour); an operator lets it go ahead, with a reason.
+    browser
+        .client
+        .goto(&server.url(&format!("/ui/runs/{run}/tasks/follower")))
+        .await
+        .unwrap();
+    browser.wait_text("#task-status", "waiting").await;
+    assert_eq!(browser.count("#task-dep option[value=slow]").await, 1);
+    browser.screenshot("task-weak-dependency").await;
+    browser
+        .client
+        .execute(
+            "document.getElementById('task-control').value = 'override_weak_dep'",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser
+        .fill("#task-reason", "slow is only a warm-up; go ahead")
+        .await;
+    browser.click("#task-form button[type=submit]").await;
+    browser.wait_text("#task-status", "succeeded").await;
+    let overridden = journaled(&server, &admin, &run, "weak_dep_overridden", "alice").await;
+    assert_eq!(overridden.len(), 1, "{overridden:?}");
+    assert_eq!(overridden[0]["reason"], "slow is only a warm-up; go ahead");
+    assert_eq!(
+        browser.count("#task-dep").await,
+        0,
+        "an overridden weak dependency is no longer offered"
+    );
+
+    // The ramp took its first, small step and waits an hour; the operator speeds it up.
+    browser
+        .client
+        .goto(&server.url(&format!("/ui/runs/{run}/tasks/shift")))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_millis(PAGE_WAIT_MS);
+    while browser.count("ol.steps li").await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the ramp's first step never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(PAGE_POLL_MS)).await;
+        browser.client.refresh().await.unwrap();
+    }
+    browser.wait_text("#task-status", "running").await;
+    browser.screenshot("task-paced").await;
+    browser
+        .client
+        .execute(
+            "document.getElementById('task-control').value = 'set_pace'",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser.fill("#task-step", "50%").await;
+    browser.fill("#task-wait", "10ms").await;
+    browser.fill("#task-reason", "error budget is fine").await;
+    browser.click("#task-form button[type=submit]").await;
+    browser.wait_text("#task-status", "succeeded").await;
+    let weights = std::fs::read_to_string(&file).unwrap_or_default();
+    assert_eq!(weights.lines().collect::<Vec<_>>(), ["95", "45", "0"]);
+    let paced = journaled(&server, &admin, &run, "pace_changed", "alice").await;
+    assert_eq!(paced.len(), 1, "{paced:?}");
+    assert_eq!(paced[0]["reason"], "error budget is fine");
+    browser.close().await;
+}
+
+/// A drain and a restore runbook (the drain waits a little, so durations differ from zero),
+/// one that fails to restore, a scheduled drain test in Berlin's time and one that fails.
+const DRAIN_TEST_YAML: &str = "\
+kind: Runbook
+name: drain-dc
+params:
+  dc: { required: true }
+  storm: { type: bool, default: false }
+tasks:
+  - id: drain
+    stage: wait
+    with: { duration: 200ms }
+  - id: confirm
+    stage: log
+    needs: [drain]
+    with: { message: \"drained {{ params.dc }}\" }
+---
+kind: Runbook
+name: restore-dc
+params:
+  dc: { required: true }
+tasks:
+  - id: restore
+    stage: log
+    with: { message: \"restoring {{ params.dc }}\" }
+---
+kind: Runbook
+name: broken-restore
+params:
+  dc: { required: true }
+tasks:
+  - id: restore
+    stage: shell
+    with: { command: [\"false\"] }
+---
+kind: DrainTest
+name: nightly
+description: Drain east every night and bring it back.
+runbook: drain-dc
+target: east
+schedule: { cron: \"0 3 * * *\", time_zone: Europe/Berlin }
+restore: { runbook: restore-dc }
+---
+kind: DrainTest
+name: fragile
+runbook: drain-dc
+target: { least_recently_tested: [east, west] }
+restore: { runbook: broken-restore }
+";
+
+/// Starts `name` through the API and waits until that execution is over.
+async fn run_drain_test_to_the_end(server: &TestServer, token: &str, name: &str) -> Value {
+    let answer = server
+        .send(
+            Method::POST,
+            &format!("/api/v1/drain-tests/{name}/run"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    let id = answer.json()["id"].as_str().unwrap().to_string();
+    wait_execution(server, token, &id).await
+}
+
+async fn wait_execution(server: &TestServer, token: &str, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_millis(PAGE_WAIT_MS);
+    loop {
+        let execution = server
+            .send(
+                Method::GET,
+                &format!("/api/v1/drain-test-executions/{id}"),
+                Some(token),
+                None,
+            )
+            .await
+            .json();
+        if matches!(execution["state"].as_str(), Some("passed" | "failed")) {
+            return execution;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never finished: {execution}"
+        );
+        tokio::time::sleep(Duration::from_millis(PAGE_POLL_MS)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_test_pages_chart_the_history_and_only_operators_run_one_now() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let server = start_with(Options {
+        real_clock: true,
+        ..Options::default()
+    })
+    .await;
+    let admin = create_token(&server, None, "admin", "admin").await;
+    let alice = create_token(&server, Some(&admin), "alice", "operator").await;
+    let viewer = create_token(&server, Some(&admin), "wall", "viewer").await;
+    let applied = server
+        .apply_as(Some(&admin), "drain-tests.yaml", DRAIN_TEST_YAML)
+        .await;
+    assert_eq!(applied.status, StatusCode::OK, "{}", applied.body);
+    let first = run_drain_test_to_the_end(&server, &admin, "nightly").await;
+    assert_eq!(first["state"], "passed", "{first}");
+    let failed = run_drain_test_to_the_end(&server, &admin, "fragile").await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+
+    // The list: schedule in its zone, the next firing in it, the last results.
+    browser.sign_in(&server, &alice).await;
+    browser.click("header nav a[href='/ui/drain-tests']").await;
+    wait_path(&browser, "/ui/drain-tests").await;
+    assert_eq!(browser.count("tr[data-drain-test]").await, 2);
+    let next = browser
+        .text("tr[data-drain-test=nightly] [data-field=next]")
+        .await
+        .unwrap_or_default();
+    assert!(
+        next.contains(" 03:00 CE") && next.contains("UTC)"),
+        "the next firing in Berlin's time, then UTC: {next}"
+    );
+    browser
+        .wait_text("tr[data-drain-test=fragile] [data-field=last]", "failed")
+        .await;
+    browser.screenshot("drain-tests").await;
+
+    // A failed execution says which criterion failed and links its runs.
+    browser
+        .client
+        .goto(&server.url("/ui/drain-tests/fragile"))
+        .await
+        .unwrap();
+    let failures = browser
+        .text("tr[data-state=failed] [data-field=failures]")
+        .await
+        .unwrap_or_default();
+    assert!(
+        failures.starts_with("restore_completed: the restore run did not succeed"),
+        "{failures}"
+    );
+    let restore_run = failed["restore_run"].as_str().unwrap();
+    assert_eq!(
+        browser
+            .count(&format!(
+                "td[data-phase=restore] a[href='/ui/runs/{restore_run}']"
+            ))
+            .await,
+        1
+    );
+    browser
+        .client
+        .execute("document.getElementById('exec-h').scrollIntoView()", vec![])
+        .await
+        .unwrap();
+    browser.screenshot("drain-test-failed").await;
+
+    // The scheduled test: its trend charts, then "run now" (its name typed first).
+    browser
+        .client
+        .goto(&server.url("/ui/drain-tests/nightly"))
+        .await
+        .unwrap();
+    assert_eq!(browser.count("figure.trend").await, 3);
+    assert_eq!(
+        browser
+            .count("figure[data-trend=duration] g.s-drain circle")
+            .await,
+        1
+    );
+    browser.click("#run-now").await;
+    let said = browser.text("#status").await.unwrap_or_default();
+    assert!(said.contains("type \"nightly\""), "{said}");
+    browser.fill("#dt-confirm", "nightly").await;
+    browser.click("#run-now").await;
+    // The page shows the new execution and follows it until it is over.
+    let deadline = Instant::now() + Duration::from_millis(PAGE_WAIT_MS);
+    while browser.count("tr[data-execution]").await < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the new execution never showed: {:?}",
+            browser.text("#status").await
+        );
+        tokio::time::sleep(Duration::from_millis(PAGE_POLL_MS)).await;
+    }
+    let newest = browser
+        .client
+        .find(Locator::Css("tr[data-execution]"))
+        .await
+        .unwrap()
+        .attr("data-execution")
+        .await
+        .unwrap()
+        .unwrap();
+    let second = wait_execution(&server, &admin, &newest).await;
+    assert_eq!(second["state"], "passed", "{second}");
+    assert_eq!(second["trigger"], "manual");
+    assert_eq!(second["created_by"], "alice", "{second}");
+    let audit = server
+        .send(
+            Method::GET,
+            "/api/v1/audit?actor=alice&limit=100",
+            Some(&admin),
+            None,
+        )
+        .await
+        .json();
+    let by_alice = audit["entries"]
+        .as_array()
+        .or(audit.as_array())
+        .map(|entries| {
+            entries
+                .iter()
+                .any(|e| e["action"] == "drain_test.run" && e["actor"] == "alice")
+        });
+    assert_eq!(by_alice, Some(true), "{audit}");
+    let deadline = Instant::now() + Duration::from_millis(PAGE_WAIT_MS);
+    while browser
+        .count("figure[data-trend=duration] g.s-drain circle")
+        .await
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the chart never showed the second run"
+        );
+        tokio::time::sleep(Duration::from_millis(PAGE_POLL_MS)).await;
+    }
+    assert_eq!(
+        browser
+            .count("figure[data-trend=duration] g.s-drain polyline")
+            .await,
+        1
+    );
+    browser.wait_text("#dt-last", "passed").await;
+    browser.screenshot("drain-test").await;
+    browser.client.refresh().await.unwrap();
+    let dom_ms = page_number(
+        &browser,
+        "return performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd",
+    )
+    .await;
+    println!("UI figure: a drain test's page with 3 trend charts: DOMContentLoaded {dom_ms:.0} ms");
+    assert!(
+        dom_ms < RENDER_BOUND_MS,
+        "the page took {dom_ms} ms to load"
+    );
+
+    // A viewer: the history and the charts, no control, and the API refuses it anyway.
+    browser.click("header form button[type=submit]").await;
+    browser.sign_in(&server, &viewer).await;
+    browser
+        .client
+        .goto(&server.url("/ui/drain-tests/nightly"))
+        .await
+        .unwrap();
+    assert_eq!(browser.count("figure.trend").await, 3);
+    assert_eq!(
+        browser.count("form[data-api]").await,
+        0,
+        "a viewer sees controls"
+    );
+    assert_eq!(browser.count("#run-now").await, 0);
+    let status = browser
+        .client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/api/v1/drain-tests/nightly/run', {
+               method: 'POST', credentials: 'same-origin', headers: {'X-Levee-UI': '1'}
+             }).then(r => done(r.status), e => done(String(e)));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, json!(403), "the API refuses a viewer");
+    browser.screenshot("drain-test-viewer").await;
+    browser.close().await;
+}
+
+/// Five tasks one after another, each waiting a little.
+const CHAIN_YAML: &str = "\
+kind: Runbook
+name: chain
+tasks:
+  - id: a
+    stage: wait
+    with: { duration: 800ms }
+  - id: b
+    stage: wait
+    needs: [a]
+    with: { duration: 800ms }
+  - id: c
+    stage: wait
+    needs: [b]
+    with: { duration: 800ms }
+  - id: d
+    stage: wait
+    needs: [c]
+    with: { duration: 800ms }
+  - id: e
+    stage: log
+    needs: [d]
+    with: { message: done }
+";
+
+/// What `levee demo` needs to show its rehearsal live: a run executed by one server (the
+/// rehearsal's) is followed live on the page of another server on the same store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_executed_by_another_server_on_the_same_store_is_live_on_this_one() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let executing = start_with(Options {
+        real_clock: true,
+        ..Options::default()
+    })
+    .await;
+    let watching = start_with(Options {
+        real_clock: true,
+        dir: Some(executing.dir.clone()),
+        ..Options::default()
+    })
+    .await;
+    executing.apply("chain.yaml", CHAIN_YAML).await;
+    let run = start_run(
+        &executing,
+        None,
+        "chain",
+        json!({ "start": false, "name": "watched" }),
+    )
+    .await;
+    browser
+        .client
+        .goto(&watching.url(&format!("/ui/runs/{run}")))
+        .await
+        .unwrap();
+    browser.wait_text("#live", "live").await;
+    let started = executing
+        .send(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/controls"),
+            None,
+            Some(&json!({ "control": "start", "reason": "watch it elsewhere" })),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+    // The page moves on while the run goes: it shows some of the tasks done before all.
+    let deadline = Instant::now() + Duration::from_millis(PAGE_WAIT_MS);
+    let mut seen_done = std::collections::BTreeSet::new();
+    loop {
+        let done = browser.text("[data-run-done]").await.unwrap_or_default();
+        seen_done.insert(done);
+        if browser.text("[data-run-status]").await.as_deref() == Some("succeeded") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page never showed the run succeeded; it showed {seen_done:?} done"
+        );
+        tokio::time::sleep(Duration::from_millis(PAGE_POLL_MS)).await;
+    }
+    assert!(
+        ["1", "2", "3", "4"].iter().any(|n| seen_done.contains(*n)),
+        "the page jumped to the end instead of following the run: {seen_done:?}"
+    );
+    browser
+        .wait_text("tr[data-task=e] [data-field=status]", "succeeded")
+        .await;
+    let applied = page_number(&browser, "return window.leveeLive.applied").await;
+    assert!(
+        applied >= 5.0,
+        "the page applied {applied} transitions live"
+    );
+    let owner = watching.get(&format!("/api/v1/runs/{run}")).await.json();
+    assert_eq!(owner["status"], "succeeded", "{owner}");
     browser.close().await;
 }

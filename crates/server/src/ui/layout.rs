@@ -471,6 +471,166 @@ pub fn spark(
     spark
 }
 
+/// Width of a trend chart, in pixels.
+pub const TREND_WIDTH_PX: u32 = 460;
+/// Height of a trend chart, in pixels.
+pub const TREND_HEIGHT_PX: u32 = 150;
+/// Space left of a trend's plot for the value axis' labels, in pixels.
+pub const TREND_AXIS_LABEL_PX: u32 = 56;
+/// Space around a trend's plot (and below it for the executions' labels), in pixels.
+pub const TREND_PAD_PX: u32 = 8;
+/// Height of the row of labels under a trend's plot, in pixels.
+pub const TREND_X_LABEL_PX: u32 = 16;
+/// Value-axis ticks drawn on a trend (0 included).
+pub const TREND_TICKS: u32 = 2;
+
+/// One line of a trend: a value per execution (none where it has none).
+pub struct TrendInput<'a> {
+    pub name: &'a str,
+    /// The CSS class that colours it.
+    pub class: &'static str,
+    pub values: Vec<Option<f64>>,
+}
+
+/// One point of a trend's line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrendDot {
+    pub x: u32,
+    pub y: u32,
+    pub title: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrendLine {
+    pub name: String,
+    pub class: &'static str,
+    /// `x,y` pairs for an SVG polyline (a gap where a value is missing starts no new line:
+    /// the line joins the values there are).
+    pub points: String,
+    pub dots: Vec<TrendDot>,
+}
+
+/// A label on one of a trend's axes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrendTick {
+    pub x: u32,
+    pub y: u32,
+    pub label: String,
+}
+
+/// A small chart of values over a drain test's executions, oldest left: one line per
+/// series on a value axis from 0 to the largest value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trend {
+    pub width: u32,
+    pub height: u32,
+    pub plot_left: u32,
+    pub plot_right: u32,
+    pub plot_top: u32,
+    pub plot_bottom: u32,
+    pub lines: Vec<TrendLine>,
+    /// Value-axis ticks (`x` unused) and execution labels under the plot (first and last).
+    pub y_ticks: Vec<TrendTick>,
+    pub x_ticks: Vec<TrendTick>,
+    /// Values drawn, over every line.
+    pub values: usize,
+}
+
+/// Lays out `series` over the executions `labels` (oldest first; every series has a value
+/// slot per label), with `format` writing a value as text (axis labels and tooltips).
+pub fn trend(labels: &[String], series: &[TrendInput<'_>], format: fn(f64) -> String) -> Trend {
+    let (w, h, pad) = (TREND_WIDTH_PX, TREND_HEIGHT_PX, TREND_PAD_PX);
+    let plot_left = TREND_AXIS_LABEL_PX;
+    let plot_right = w - pad;
+    let plot_top = pad;
+    let plot_bottom = h - pad - TREND_X_LABEL_PX;
+    let count = labels.len();
+    let x_of = |i: usize| -> u32 {
+        if count <= 1 {
+            plot_left + (plot_right - plot_left) / 2
+        } else {
+            let step = f64::from(plot_right - plot_left) / (count - 1) as f64;
+            plot_left + (i as f64 * step).round() as u32
+        }
+    };
+    let high = series
+        .iter()
+        .flat_map(|s| s.values.iter().flatten())
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(0.0_f64, f64::max);
+    let high = if high > 0.0 { high } else { 1.0 };
+    let plot_h = f64::from(plot_bottom - plot_top);
+    let y_of = |v: f64| -> u32 {
+        let v = v.clamp(0.0, high);
+        plot_top + ((high - v) / high * plot_h).round() as u32
+    };
+    let mut values = 0;
+    let lines = series
+        .iter()
+        .map(|s| {
+            let mut points = Vec::new();
+            let mut dots = Vec::new();
+            for (i, value) in s.values.iter().enumerate().take(count) {
+                let Some(v) = value.filter(|v| v.is_finite()) else {
+                    continue;
+                };
+                let (x, y) = (x_of(i), y_of(v));
+                points.push(format!("{x},{y}"));
+                dots.push(TrendDot {
+                    x,
+                    y,
+                    title: format!("{}: {} {}", labels[i], s.name, format(v)),
+                });
+                values += 1;
+            }
+            TrendLine {
+                name: s.name.to_string(),
+                class: s.class,
+                points: points.join(" "),
+                dots,
+            }
+        })
+        .collect();
+    let y_ticks = (0..=TREND_TICKS)
+        .map(|k| {
+            let v = high * f64::from(k) / f64::from(TREND_TICKS);
+            TrendTick {
+                x: 0,
+                y: y_of(v),
+                label: format(v),
+            }
+        })
+        .collect();
+    let mut x_ticks = Vec::new();
+    if let Some(first) = labels.first() {
+        x_ticks.push(TrendTick {
+            x: x_of(0),
+            y: h - pad,
+            label: first.clone(),
+        });
+    }
+    if count > 1 {
+        x_ticks.push(TrendTick {
+            x: x_of(count - 1),
+            y: h - pad,
+            label: labels[count - 1].clone(),
+        });
+    }
+    Trend {
+        width: w,
+        height: h,
+        plot_left,
+        plot_right,
+        plot_top,
+        plot_bottom,
+        lines,
+        y_ticks,
+        x_ticks,
+        values,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,5 +761,39 @@ mod tests {
         let exits = spark(&[(5, None, false, "exit 1".to_string())], None, None);
         assert!(exits.points.is_empty());
         assert_eq!(exits.dots[0].x, SPARK_WIDTH_PX / 2);
+    }
+
+    #[test]
+    fn a_trend_spreads_executions_and_scales_values_from_zero() {
+        let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let series = [
+            TrendInput {
+                name: "drain",
+                class: "s-drain",
+                values: vec![Some(10.0), None, Some(40.0)],
+            },
+            TrendInput {
+                name: "restore",
+                class: "s-restore",
+                values: vec![Some(0.0), Some(20.0), Some(30.0)],
+            },
+        ];
+        let t = trend(&labels, &series, |v| format!("{v}"));
+        assert_eq!(t.values, 5);
+        let drain = &t.lines[0];
+        assert_eq!(drain.dots.len(), 2, "the missing value is not drawn");
+        assert_eq!(drain.dots[0].x, t.plot_left);
+        assert_eq!(drain.dots[1].x, t.plot_right);
+        assert_eq!(
+            drain.dots[1].y, t.plot_top,
+            "the largest value is at the top"
+        );
+        assert_eq!(t.lines[1].dots[0].y, t.plot_bottom, "0 is at the bottom");
+        assert_eq!(drain.dots[1].title, "c: drain 40");
+        assert_eq!(t.y_ticks.last().map(|l| l.label.as_str()), Some("40"));
+        assert_eq!(t.x_ticks.len(), 2);
+        let empty = trend(&[], &[], |v| format!("{v}"));
+        assert_eq!(empty.values, 0);
+        assert!(empty.x_ticks.is_empty());
     }
 }

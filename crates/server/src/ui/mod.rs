@@ -4,7 +4,8 @@
 //!
 //! The pages only read, through the same functions as the API's handlers. Every control is a
 //! form the script sends to the existing JSON API (`/api/v1/runs/{id}/controls`,
-//! `/api/v1/runbooks/{name}/runs`, `/api/v1/maintenances/{id}/controls`, `/api/v1/pause`),
+//! `/api/v1/runbooks/{name}/runs`, `/api/v1/maintenances/{id}/controls`, `/api/v1/pause`,
+//! `/api/v1/drain-tests/{name}/run`),
 //! which enforces roles, reasons and audit as for any other client; a page leaves out the controls a viewer may not use, but hiding them
 //! is a courtesy, not the check. Live updates come from the run's server-sent-event stream.
 //!
@@ -16,6 +17,7 @@
 //! Every answer under `/ui/` carries [`CONTENT_SECURITY_POLICY`]: scripts and styles only from
 //! this server, no inline script or style, no framing.
 
+mod drain_tests;
 mod fleet;
 pub(crate) mod layout;
 mod machines;
@@ -60,9 +62,13 @@ pub fn router() -> Router<SharedApp> {
         .route("/ui/runs/{id}", get(pages::run))
         .route("/ui/runs/{id}/parts", get(pages::run_parts))
         .route("/ui/runs/{id}/report", get(pages::report))
-        .route("/ui/runs/{id}/tasks/{task}", get(task::task))
+        // A wildcard: task ids of template steps and included runbooks hold `/`
+        // (`web/announce`), and the run page links them as they are.
+        .route("/ui/runs/{id}/tasks/{*task}", get(task::task))
         .route("/ui/runbooks", get(start::runbooks))
         .route("/ui/runbooks/{name}", get(start::runbook))
+        .route("/ui/drain-tests", get(drain_tests::drain_tests))
+        .route("/ui/drain-tests/{name}", get(drain_tests::drain_test))
         .route("/ui/fleet", get(fleet::fleet))
         .route("/ui/maintenances", get(fleet::maintenances))
         .route("/ui/maintenances/{id}", get(fleet::maintenance))

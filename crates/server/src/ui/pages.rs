@@ -309,7 +309,18 @@ async fn run_model(
         .plan()
         .map_err(|e| ApiError::internal(format!("run {id} has an invalid plan: {e}")))?;
     let view = RunView::new(&stored, &stored.state, &spec);
-    let now_ms = app.clock.now_ms();
+    // "Now" is never before the latest time the run recorded: a run executed on another
+    // clock (the demo's rehearsal in virtual time, writing to the same store, or a replica
+    // whose clock runs ahead) would otherwise show its running tasks as taking no time.
+    let latest_recorded_ms = view
+        .tasks
+        .iter()
+        .flat_map(|t| [t.started_at_ms, t.finished_at_ms])
+        .chain([view.started_at_ms, view.finished_at_ms])
+        .flatten()
+        .max()
+        .unwrap_or(i64::MIN);
+    let now_ms = app.clock.now_ms().max(latest_recorded_ms);
     let global_paused = app.runs.global_pause();
 
     let mut history: BTreeMap<String, Vec<u64>> = BTreeMap::new();

@@ -13,6 +13,9 @@
   var TASK_RELOAD_DELAY_MS = 300;
   // How often a maintenance's page re-reads itself while it goes on (milliseconds).
   var MAINTENANCE_REFRESH_MS = 3000;
+  // How often a drain test's page (or the list) re-reads itself while an execution goes on
+  // (milliseconds).
+  var DRAIN_TEST_REFRESH_MS = 3000;
   // How often the runs list re-reads the runs (milliseconds).
   var RUNS_REFRESH_MS = 2000;
   var ENDED = { succeeded: true, failed: true, aborted: true };
@@ -148,6 +151,19 @@
     }, function (error) { say(action + ' refused: ' + error.message, true); });
   }
 
+  // Runs a drain test now (the API checks the role, refuses while one runs, and audits),
+  // once its name was typed; the page then shows the new execution and follows it.
+  function submitDrainTest(form) {
+    var problem = confirmation(form, 'run');
+    if (problem) { say(problem, true); return; }
+    var name = form.getAttribute('data-drain-test');
+    say('Starting drain test ' + name + '…', false);
+    api('POST', '/api/v1/drain-tests/' + encodeURIComponent(name) + '/run').then(function (execution) {
+      say('Started ' + execution.id + '.', false);
+      window.location.reload();
+    }, function (error) { say('Run now refused: ' + error.message, true); });
+  }
+
   document.addEventListener('submit', function (event) {
     var form = event.target;
     var kind = form.getAttribute('data-api');
@@ -155,6 +171,7 @@
     event.preventDefault();
     if (kind === 'control') { submitControl(form); } else if (kind === 'pause') { submitPause(form); }
     else if (kind === 'start') { submitStart(form); } else if (kind === 'maintenance') { submitMaintenance(form); }
+    else if (kind === 'drain-test') { submitDrainTest(form); }
   });
 
   // Choosing "confirm SERVICE" on a maintenance also chooses the service.
@@ -436,9 +453,10 @@
   }
 
   // A maintenance's page re-reads itself while the maintenance goes on (the driver moves it
-  // in the background), leaving it alone while the operator fills its form.
-  function refreshMaintenance() {
-    var form = document.getElementById('maint-form');
+  // in the background), leaving it alone while the operator fills its form; so do the drain
+  // test pages while an execution goes on (it marks itself `data-executing`).
+  function refreshMain(formId) {
+    var form = formId ? document.getElementById(formId) : null;
     var busy = form && (form.contains(document.activeElement) ||
       field(form, 'reason') !== '' || field(form, 'confirm') !== '');
     if (busy) { return; }
@@ -459,7 +477,13 @@
   } else if (page === 'task') {
     followTask(body.getAttribute('data-run-id'), body.getAttribute('data-task'));
   } else if (page === 'maintenance' && body.getAttribute('data-ended') !== 'true') {
-    setInterval(refreshMaintenance, MAINTENANCE_REFRESH_MS);
+    setInterval(function () { refreshMain('maint-form'); }, MAINTENANCE_REFRESH_MS);
+  } else if ((page === 'drain-test' || page === 'drain-tests') &&
+             document.querySelector('[data-executing]')) {
+    var timer = setInterval(function () {
+      if (!document.querySelector('[data-executing]')) { clearInterval(timer); return; }
+      refreshMain('drain-test-form');
+    }, DRAIN_TEST_REFRESH_MS);
   } else if (page === 'runs') {
     setInterval(refreshRuns, RUNS_REFRESH_MS);
   }
