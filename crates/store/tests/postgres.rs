@@ -707,3 +707,67 @@ async fn replicas_claiming_one_drain_test_firing_store_it_once() {
         .collect();
     levee_store::conformance::concurrent_drain_test_claims_land_once(stores).await;
 }
+
+/// Machines of the concurrent-notices case, and reports to each.
+const NOTICE_CASE_MACHINES: usize = 8;
+const NOTICE_CASE_REPORTS_PER_MACHINE: u32 = 20;
+
+/// Notices go out after each batch commits, merged while one is being sent: with many
+/// concurrent reports, another replica still hears every machine's final version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_sent_after_commits_announce_every_final_version() {
+    use levee_store::Notice;
+    use levee_store::conformance::next_notice;
+    let Some((stores, _database)) = replicas(2).await else {
+        return;
+    };
+    let (writer, listener) = (&stores[0], &stores[1]);
+    let mut notices = listener.notices();
+    next_notice(&mut notices, "the first resync", |n| *n == Notice::Resync).await;
+    let def = Arc::new(counting_def("c", 1_000));
+    let ids: Vec<String> = (0..NOTICE_CASE_MACHINES).map(|i| format!("c{i}")).collect();
+    let machines: Vec<(&str, Option<&str>)> = ids.iter().map(|id| (id.as_str(), None)).collect();
+    create_machines(writer, &def, &machines).await;
+    let mut reporters = Vec::new();
+    for id in &ids {
+        let (writer, def, id) = (writer.clone(), Arc::clone(&def), id.clone());
+        reporters.push(tokio::spawn(async move {
+            let mut last = 0;
+            for _ in 0..NOTICE_CASE_REPORTS_PER_MACHINE {
+                let outcome = writer
+                    .run(vec![report_op(&def, &id, "wait", None, None)])
+                    .await
+                    .unwrap();
+                let OpOutcome::Applied(change) = &outcome[0] else {
+                    panic!("{outcome:?}");
+                };
+                last = change.record.version;
+            }
+            (id, last)
+        }));
+    }
+    let mut finals = std::collections::BTreeMap::new();
+    for reporter in reporters {
+        let (id, version) = reporter.await.unwrap();
+        finals.insert(id, version);
+    }
+    let mut heard = std::collections::BTreeMap::<String, i64>::new();
+    while finals.iter().any(|(id, v)| heard.get(id) != Some(v)) {
+        let notice = next_notice(&mut notices, "machine versions", |n| {
+            matches!(n, Notice::Machines { .. })
+        })
+        .await;
+        let Notice::Machines { versions } = notice else {
+            unreachable!()
+        };
+        for (id, version) in versions {
+            // Only committed versions are announced: none past the last acknowledged one.
+            assert!(version <= finals[&id], "{id} announced at {version}");
+            let highest = heard.entry(id).or_insert(version);
+            *highest = (*highest).max(version);
+        }
+    }
+    for store in &stores {
+        store.close().await;
+    }
+}

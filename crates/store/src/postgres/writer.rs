@@ -16,6 +16,8 @@
 //! 2. It decides the writes in order against an overlay of those records, exactly as the
 //!    SQLite writer does: an op sees every op decided before it in the batch.
 //! 3. It writes the changed rows with a few `UNNEST` statements, one per table, and commits.
+//! 4. Only then are its notices handed to the [`Outbox`], which sends them with `pg_notify`
+//!    outside the transaction (why: see the outbox).
 //!
 //! A history entry's `seq` comes from the `history_seq` sequence while the batch holds its
 //! machine's lock, so one machine's entries are in commit order, and a decision that reads
@@ -44,6 +46,7 @@ use super::codec::{
     DEFINITION_COLUMNS, HISTORY_COLUMNS, MACHINE_COLUMNS, array, check_text, db_error,
     definition_from_row, history_from_row, is_connection_lost, is_retryable, machine_from_row,
 };
+use super::outbox::Outbox;
 use super::runs::{RunBatch, write_setting};
 use crate::queue::{
     GROUP_COMMIT_MAX_OPS, NOT_FOUND, Request, Write, check_change, named_machines, named_runs,
@@ -164,11 +167,23 @@ pub(crate) struct Writer {
     rx: mpsc::Receiver<Request>,
     /// The database, for messages (never with a password).
     label: String,
+    /// Where committed batches' notices go to be sent, after their commit.
+    outbox: Outbox,
 }
 
 impl Writer {
-    pub(crate) fn new(pool: PgPool, rx: mpsc::Receiver<Request>, label: String) -> Writer {
-        Writer { pool, rx, label }
+    pub(crate) fn new(
+        pool: PgPool,
+        rx: mpsc::Receiver<Request>,
+        label: String,
+        outbox: Outbox,
+    ) -> Writer {
+        Writer {
+            pool,
+            rx,
+            label,
+            outbox,
+        }
     }
 
     /// Serves batches until every store handle is dropped or `close` is asked for.
@@ -233,6 +248,7 @@ impl Writer {
                 }
             }
         }
+        self.outbox.close().await;
         self.pool.close().await;
     }
 
@@ -250,12 +266,16 @@ impl Writer {
         let mut attempt = 1;
         loop {
             let count = jobs.len();
-            let Err(abort) = self.attempt(&mut jobs).await else {
-                tracing::trace!(requests = count, attempt, "write batch committed");
-                for job in jobs {
-                    job.send();
+            let abort = match self.attempt(&mut jobs).await {
+                Ok(notices) => {
+                    tracing::trace!(requests = count, attempt, "write batch committed");
+                    for job in jobs {
+                        job.send();
+                    }
+                    self.outbox.push(notices);
+                    return;
                 }
-                return;
+                Err(abort) => abort,
             };
             let message = format!("write to {} failed: {}", self.label, abort.error);
             if !abort.retry || attempt >= BATCH_ATTEMPTS {
@@ -293,8 +313,9 @@ impl Writer {
         }
     }
 
-    /// One run of a batch on a connection of the pool: commits it, or rolls it back.
-    async fn attempt(&self, jobs: &mut [Job]) -> Result<(), Abort> {
+    /// One run of a batch on a connection of the pool: commits it (and returns its notices),
+    /// or rolls it back.
+    async fn attempt(&self, jobs: &mut [Job]) -> Result<Vec<crate::Notice>, Abort> {
         let mut conn = self
             .pool
             .acquire()
@@ -313,7 +334,8 @@ impl Writer {
     }
 }
 
-async fn run_batch(conn: &mut PgConnection, jobs: &mut [Job]) -> Result<(), Abort> {
+/// Runs and commits a batch; the notices of what it committed, to be sent now that it has.
+async fn run_batch(conn: &mut PgConnection, jobs: &mut [Job]) -> Result<Vec<crate::Notice>, Abort> {
     // Explicit, so a server whose default isolation is stricter cannot change what the
     // batch's locks guarantee.
     sqlx::query("BEGIN ISOLATION LEVEL READ COMMITTED")
@@ -345,7 +367,7 @@ async fn run_batch(conn: &mut PgConnection, jobs: &mut [Job]) -> Result<(), Abor
             db_error("commit", error)
         ))));
     }
-    Ok(())
+    Ok(batch.notices)
 }
 
 /// History entries a batch will likely write: one per machine op, and what an apply brings.
@@ -423,8 +445,8 @@ struct Batch {
     audit: Vec<AuditEntry>,
     seqs: Seqs,
     runs: RunBatch,
-    /// What the batch changed that other replicas may act on, sent with `pg_notify` inside
-    /// the transaction, so it is delivered only if the batch commits.
+    /// What the batch changed that other replicas may act on, sent through the [`Outbox`]
+    /// once the batch has committed (never inside the transaction: see the outbox).
     notices: Vec<crate::Notice>,
 }
 
@@ -1059,25 +1081,8 @@ impl Batch {
             });
         }
         insert_history(conn, &self.history).await?;
-        insert_audit(conn, &self.audit).await?;
-        notify(conn, &self.notices).await
+        insert_audit(conn, &self.audit).await
     }
-}
-
-/// Sends the batch's notices, in its transaction: PostgreSQL delivers them at the commit, and
-/// drops them if the transaction rolls back.
-async fn notify(conn: &mut PgConnection, notices: &[crate::Notice]) -> Result<(), Abort> {
-    let payloads: Vec<String> = notices.iter().flat_map(crate::Notice::payloads).collect();
-    if payloads.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p")
-        .bind(crate::NOTICE_CHANNEL)
-        .bind(payloads)
-        .execute(conn)
-        .await
-        .map_err(abort("send notices"))?;
-    Ok(())
 }
 
 async fn execute(conn: &mut PgConnection, sql: &str, what: &'static str) -> Result<(), Abort> {
