@@ -34,7 +34,10 @@ use self::runs::{
     run_summary_from_row, setting_from_text,
 };
 use self::writer::Writer;
-pub use self::writer::{BATCH_ATTEMPTS, BATCH_RETRY_BACKOFF_MS, DEFINITION_VERSION_ATTEMPTS};
+pub use self::writer::{
+    BATCH_ATTEMPTS, BATCH_RETRY_BACKOFF_MS, DEFINITION_VERSION_ATTEMPTS,
+    WRITER_CONNECTION_HOLD_MAX_MS, WRITER_IDLE_RELEASE_MS,
+};
 pub use crate::queue::{GROUP_COMMIT_MAX_OPS, WRITE_QUEUE_CAPACITY};
 use crate::queue::{Request, Write};
 use crate::rows::page_limit;

@@ -35,11 +35,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use levee_engine::{Change, HistoryEntry, MachineRecord};
 use sqlx::Row;
-use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnection, PgPool, Postgres};
 use tokio::sync::mpsc;
 
 use super::codec::{
@@ -70,6 +71,15 @@ pub const BATCH_RETRY_BACKOFF_MS: u64 = 20;
 /// same version first. Each attempt waits for that replica's commit, so more than a few means
 /// replicas are applying the same definition in a loop.
 pub const DEFINITION_VERSION_ATTEMPTS: u32 = 8;
+
+/// How long the writer keeps its connection while no write comes. Between batches of a busy
+/// writer the connection stays taken, which spares every batch the pool's health check (a
+/// round trip to the server); a writer idle this long gives it back to the pool.
+pub const WRITER_IDLE_RELEASE_MS: u64 = 1_000;
+
+/// Longest the writer keeps one connection taken, however busy it is, so the pool's
+/// `MAX_LIFETIME_MS` and its health check still come round.
+pub const WRITER_CONNECTION_HOLD_MAX_MS: u64 = 60_000;
 
 /// Why a batch stopped: the error its requests get, and whether running it again may work.
 #[derive(Debug)]
@@ -169,6 +179,9 @@ pub(crate) struct Writer {
     label: String,
     /// Where committed batches' notices go to be sent, after their commit.
     outbox: Outbox,
+    /// The connection the last batch committed on, and since when it is held: the next batch
+    /// uses it, see [`WRITER_IDLE_RELEASE_MS`].
+    held: Option<(PoolConnection<Postgres>, Instant)>,
 }
 
 impl Writer {
@@ -183,6 +196,7 @@ impl Writer {
             rx,
             label,
             outbox,
+            held: None,
         }
     }
 
@@ -192,7 +206,7 @@ impl Writer {
         loop {
             let first = match carried.take() {
                 Some(write) => write,
-                None => match self.rx.recv().await {
+                None => match self.next_request().await {
                     Some(Request::Write(write)) => write,
                     Some(Request::Close { done }) => {
                         self.shutdown().await;
@@ -236,9 +250,24 @@ impl Writer {
         self.shutdown().await;
     }
 
+    /// The next request; the held connection goes back to the pool if none comes within
+    /// [`WRITER_IDLE_RELEASE_MS`].
+    async fn next_request(&mut self) -> Option<Request> {
+        if self.held.is_some() {
+            let idle = Duration::from_millis(WRITER_IDLE_RELEASE_MS);
+            if let Ok(request) = tokio::time::timeout(idle, self.rx.recv()).await {
+                return request;
+            }
+            self.held = None;
+        }
+        self.rx.recv().await
+    }
+
     /// Answers whatever is still queued as closed, then closes the pool: reads fail from now
     /// on too.
     async fn shutdown(&mut self) {
+        // The pool closes only once every connection is back.
+        self.held = None;
         self.rx.close();
         while let Ok(request) = self.rx.try_recv() {
             match request {
@@ -315,21 +344,30 @@ impl Writer {
 
     /// One run of a batch on a connection of the pool: commits it (and returns its notices),
     /// or rolls it back.
-    async fn attempt(&self, jobs: &mut [Job]) -> Result<Vec<crate::Notice>, Abort> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(abort("take a database connection for writing"))?;
+    async fn attempt(&mut self, jobs: &mut [Job]) -> Result<Vec<crate::Notice>, Abort> {
+        let hold_max = Duration::from_millis(WRITER_CONNECTION_HOLD_MAX_MS);
+        let (mut conn, since) = match self.held.take() {
+            Some((conn, since)) if since.elapsed() < hold_max => (conn, since),
+            _ => (
+                self.pool
+                    .acquire()
+                    .await
+                    .map_err(abort("take a database connection for writing"))?,
+                Instant::now(),
+            ),
+        };
         let result = run_batch(&mut conn, jobs).await;
         if result.is_err() {
             // A connection that cannot even roll back (it was lost, say) is closed, not
-            // handed back to the pool.
+            // handed back to the pool. One that was held may have died while it waited: the
+            // batch is retried on a connection the pool checks.
             if let Err(error) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
                 tracing::debug!(database = %self.label, %error, "rollback failed; dropping the connection");
                 conn.close_on_drop();
             }
+            return result;
         }
+        self.held = Some((conn, since));
         result
     }
 }
