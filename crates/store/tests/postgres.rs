@@ -771,3 +771,86 @@ async fn notices_sent_after_commits_announce_every_final_version() {
         store.close().await;
     }
 }
+
+/// A batch's machines, history and audit rows are written in one statement, each table only
+/// when the batch has rows for it: a call mixing an audited change, an unaudited change and a
+/// refusal (audit only) stores each as it would alone, audit entries in call order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_statement_writes_machines_history_and_audit_of_a_batch() {
+    let Some(database) = TestDatabase::create().await else {
+        return;
+    };
+    let store = database.store().await;
+    let def = Arc::new(counting_def("c", 1));
+    create_machines(&store, &def, &[("a", None), ("b", None)]).await;
+    let outcomes = store
+        .run(vec![
+            report_op(
+                &def,
+                "a",
+                "wait",
+                None,
+                Some(audit_entry("ops", "t.first", "a")),
+            ),
+            report_op(&def, "b", "wait", None, None),
+            // `a` is `open` now, so this one is refused and only audited.
+            report_op(
+                &def,
+                "a",
+                "wait",
+                None,
+                Some(audit_entry("ops", "t.second", "a")),
+            ),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(outcomes[0], OpOutcome::Applied(_)), "{outcomes:?}");
+    assert!(matches!(outcomes[1], OpOutcome::Applied(_)), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[2], OpOutcome::Refused(..)),
+        "{outcomes:?}"
+    );
+    for id in ["a", "b"] {
+        let record = store.machine(id).await.unwrap().unwrap();
+        assert_eq!(record.state, "open", "{id}");
+        let history = store.history(id, 0, 0).await.unwrap();
+        assert_eq!(history.last().map(|e| e.to_state.as_str()), Some("open"));
+        assert_eq!(history.last().map(|e| e.version), Some(record.version));
+    }
+    let audit = store
+        .audit_log(&AuditFilter {
+            actor: Some("ops".to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|r| (r.entry.action.as_str(), r.entry.outcome.as_str()))
+        .collect();
+    assert_eq!(actions[0], ("t.first", "ok"));
+    assert_eq!(actions[1].0, "t.second");
+    assert_ne!(actions[1].1, "ok");
+    // A call that only refuses writes audit rows alone.
+    let refused = store
+        .run(vec![report_op(
+            &def,
+            "b",
+            "wait",
+            None,
+            Some(audit_entry("ops", "t.third", "b")),
+        )])
+        .await
+        .unwrap();
+    assert!(matches!(refused[0], OpOutcome::Refused(..)), "{refused:?}");
+    let audit = store
+        .audit_log(&AuditFilter {
+            actor: Some("ops".to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 3);
+    assert_eq!(audit[2].entry.action, "t.third");
+    store.close().await;
+}
