@@ -28,7 +28,7 @@ use self::codec::{
     audit_from_row, db_error, definition_from_row, history_from_row, machine_from_row,
     token_from_row,
 };
-pub use self::outbox::{NOTICE_SEND_ATTEMPTS, NOTICE_SEND_BACKOFF_MS};
+pub use self::outbox::{NOTICE_SEND_ATTEMPTS, NOTICE_SEND_BACKOFF_MS, NOTICE_SEND_INTERVAL_MS};
 use self::runs::{
     RUN_SUMMARY_COLUMNS, duration_from_row, journal_from_row, output_from_row, read_run,
     run_summary_from_row, setting_from_text,

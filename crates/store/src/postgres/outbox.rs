@@ -10,8 +10,9 @@
 //!
 //! Sent after the commit, a notice still announces only committed changes; a notification
 //! alone writes no WAL, so its own short transaction holds that lock without waiting for a
-//! flush. Notices queued while one is being sent are merged (a machine keeps its highest
-//! version) and go out together in one statement. Notices remain a way to wake replicas early,
+//! flush. Notices queued while one is being sent, or within [`NOTICE_SEND_INTERVAL_MS`] of
+//! the last send, are merged (a machine keeps its highest version) and go out together in one
+//! statement. Notices remain a way to wake replicas early,
 //! not a guarantee: one that cannot be sent after [`NOTICE_SEND_ATTEMPTS`] tries, or that a
 //! replica dies before sending, is found by the other replicas' polling and by the `Resync`
 //! every listener receives when it reconnects.
@@ -30,6 +31,12 @@ pub const NOTICE_SEND_ATTEMPTS: u32 = 3;
 
 /// Pause before sending notices again after a failure, multiplied by the attempt number.
 pub const NOTICE_SEND_BACKOFF_MS: u64 = 50;
+
+/// Least time between two sends of one store's notices; what commits meanwhile is merged
+/// into the next. Every notification wakes every listening replica (and a backend for each),
+/// so one per batch cost each replica CPU for every batch of every other replica; this bounds
+/// a store to 1,000 / this many sends a second, and delays a notice by at most this much.
+pub const NOTICE_SEND_INTERVAL_MS: u64 = 10;
 
 /// Notices committed and not yet sent, merged.
 #[derive(Default, Debug, PartialEq, Eq)]
@@ -154,6 +161,7 @@ impl Outbox {
             if self.shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
+            tokio::time::sleep(Duration::from_millis(NOTICE_SEND_INTERVAL_MS)).await;
         }
     }
 }
