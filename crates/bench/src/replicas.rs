@@ -11,6 +11,11 @@
 //! `pgbench -N` (simple-update: three updates and an insert per transaction) runs with the same
 //! number of clients on a database of its own. The ratios printed are transitions/s over
 //! pgbench's TPS, and 3 replicas over 1.
+//!
+//! With each load it prints where the CPU went (Linux, from `/proc`): each replica's, every
+//! `postgres` process's together (other users of the server included), the benchmark's own
+//! (the load generator), and the whole machine's busy time out of its cores, so a reader sees
+//! when replicas, PostgreSQL and the load generator share too few cores.
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -42,6 +47,9 @@ pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 pub const POLL_INTERVAL_MS: u64 = 20;
 /// `pgbench -i` scale: 100,000 accounts, enough that `-N` clients rarely meet on a row.
 pub const PGBENCH_SCALE: u32 = 10;
+/// Clock ticks per second of `/proc`'s CPU times (`USER_HZ`, 100 on Linux's every
+/// architecture).
+pub const PROC_CLOCK_TICKS_PER_S: f64 = 100.0;
 
 pub struct Config {
     pub levee: PathBuf,
@@ -59,6 +67,131 @@ pub struct ReplicaFigures {
     pub replicas: usize,
     pub transitions_per_s: f64,
     pub tasks_per_s: f64,
+    /// Where the CPU went during the transitions; `None` without `/proc`.
+    pub transitions_cpu: Option<CpuUse>,
+    /// Where the CPU went during the runbook runs; `None` without `/proc`.
+    pub tasks_cpu: Option<CpuUse>,
+}
+
+/// CPU used during one load, in cores (CPU seconds per second of the load).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CpuUse {
+    /// Each replica's process, in start order.
+    pub replicas_cores: Vec<f64>,
+    /// Every process named `postgres` (the server's backends, including other clients').
+    pub postgres_cores: f64,
+    /// This benchmark process: the HTTP load generator.
+    pub load_generator_cores: f64,
+    /// The whole machine's busy time (everything but idle and I/O wait).
+    pub machine_busy_cores: f64,
+    /// Cores the machine has.
+    pub machine_cores: usize,
+}
+
+impl std::fmt::Display for CpuUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let replicas: Vec<String> = self
+            .replicas_cores
+            .iter()
+            .map(|cores| format!("{cores:.2}"))
+            .collect();
+        write!(
+            f,
+            "CPU in cores: replicas [{}] (sum {:.2}), postgres {:.2}, load generator {:.2}; \
+             machine busy {:.2} of {}",
+            replicas.join(", "),
+            self.replicas_cores.iter().sum::<f64>(),
+            self.postgres_cores,
+            self.load_generator_cores,
+            self.machine_busy_cores,
+            self.machine_cores
+        )
+    }
+}
+
+/// CPU ticks used so far (user + system) by one process, from `/proc/PID/stat`.
+fn process_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (in parentheses) may hold spaces: fields are counted after it.
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // After the name: state is field 3, utime 14 and stime 15 (1-based, `man 5 proc`).
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU ticks used so far by every process named `postgres`.
+fn postgres_ticks() -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().into_string().ok()?;
+            pid.bytes().all(|b| b.is_ascii_digit()).then_some(())?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim_end() == "postgres").then(|| process_ticks(&pid))?
+        })
+        .sum()
+}
+
+/// The machine's busy ticks so far (all CPUs), from `/proc/stat`.
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait.
+    let total: u64 = fields.iter().take(8).sum();
+    Some(total - fields.get(3)? - fields.get(4)?)
+}
+
+/// CPU counters at one moment.
+struct CpuSnapshot {
+    at: Instant,
+    replicas: Vec<Option<u64>>,
+    postgres: u64,
+    own: Option<u64>,
+    machine: Option<u64>,
+}
+
+impl CpuSnapshot {
+    fn take(replicas: &[Replica]) -> CpuSnapshot {
+        CpuSnapshot {
+            at: Instant::now(),
+            replicas: replicas
+                .iter()
+                .map(|r| process_ticks(&r.child.id().to_string()))
+                .collect(),
+            postgres: postgres_ticks(),
+            own: process_ticks("self"),
+            machine: machine_busy_ticks(),
+        }
+    }
+
+    /// What was used from `self` to `later`; `None` without `/proc`.
+    fn until(&self, later: &CpuSnapshot) -> Option<CpuUse> {
+        let seconds = later.at.duration_since(self.at).as_secs_f64();
+        let cores =
+            |from: u64, to: u64| to.saturating_sub(from) as f64 / PROC_CLOCK_TICKS_PER_S / seconds;
+        let replicas_cores = self
+            .replicas
+            .iter()
+            .zip(&later.replicas)
+            .map(|(from, to)| Some(cores((*from)?, (*to)?)))
+            .collect::<Option<Vec<f64>>>()?;
+        Some(CpuUse {
+            replicas_cores,
+            postgres_cores: cores(self.postgres, later.postgres),
+            load_generator_cores: cores(self.own?, later.own?),
+            machine_busy_cores: cores(self.machine?, later.machine?),
+            machine_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        })
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -310,11 +443,19 @@ pub async fn run(config: &Config) -> Result<Figures> {
     // The replicas run in the temp dir, so a relative path must be resolved first.
     let levee = std::fs::canonicalize(&config.levee)
         .with_context(|| format!("no levee binary at {}", config.levee.display()))?;
+    let before_pgbench = CpuSnapshot::take(&[]);
     let pgbench_tps = pgbench(&config.database, config.concurrency, config.duration).await?;
+    let pgbench_cpu = before_pgbench.until(&CpuSnapshot::take(&[]));
     eprintln!(
         "pgbench -N, {} clients: {pgbench_tps:.0} TPS",
         config.concurrency
     );
+    if let Some(cpu) = &pgbench_cpu {
+        eprintln!(
+            "  during pgbench (with its setup): postgres {:.2} cores; machine busy {:.2} of {}",
+            cpu.postgres_cores, cpu.machine_busy_cores, cpu.machine_cores
+        );
+    }
     let mut cases = Vec::new();
     for &count in &config.replica_counts {
         let name = format!("levee_bench_replicas_{count}");
@@ -327,19 +468,32 @@ pub async fn run(config: &Config) -> Result<Figures> {
             definitions(config.concurrency, config.tasks),
         )
         .await?;
+        let before = CpuSnapshot::take(&replicas);
         let transitions_per_s = transitions(&urls, config.concurrency, config.duration).await?;
+        let between = CpuSnapshot::take(&replicas);
         let tasks_per_s = runbook_tasks(&urls, config.tasks).await?;
+        let after = CpuSnapshot::take(&replicas);
+        let transitions_cpu = before.until(&between);
+        let tasks_cpu = between.until(&after);
         eprintln!(
             "{count} replica(s): {transitions_per_s:.0} transitions/s ({:.2}x pgbench), \
              {tasks_per_s:.0} runbook tasks/s",
             transitions_per_s / pgbench_tps
         );
+        if let Some(cpu) = &transitions_cpu {
+            eprintln!("  during transitions: {cpu}");
+        }
+        if let Some(cpu) = &tasks_cpu {
+            eprintln!("  during runbook tasks: {cpu}");
+        }
         drop(replicas);
         drop_database(&config.database, &name).await;
         cases.push(ReplicaFigures {
             replicas: count,
             transitions_per_s,
             tasks_per_s,
+            transitions_cpu,
+            tasks_cpu,
         });
     }
     if let (Some(one), Some(three)) = (

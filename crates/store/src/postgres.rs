@@ -10,6 +10,7 @@ mod codec;
 mod drain_tests;
 mod leases;
 mod maintenance;
+mod outbox;
 mod runs;
 mod writer;
 
@@ -27,12 +28,16 @@ use self::codec::{
     audit_from_row, db_error, definition_from_row, history_from_row, machine_from_row,
     token_from_row,
 };
+pub use self::outbox::{NOTICE_SEND_ATTEMPTS, NOTICE_SEND_BACKOFF_MS, NOTICE_SEND_INTERVAL_MS};
 use self::runs::{
     RUN_SUMMARY_COLUMNS, duration_from_row, journal_from_row, output_from_row, read_run,
     run_summary_from_row, setting_from_text,
 };
 use self::writer::Writer;
-pub use self::writer::{BATCH_ATTEMPTS, BATCH_RETRY_BACKOFF_MS, DEFINITION_VERSION_ATTEMPTS};
+pub use self::writer::{
+    BATCH_ATTEMPTS, BATCH_RETRY_BACKOFF_MS, DEFINITION_VERSION_ATTEMPTS,
+    WRITER_CONNECTION_HOLD_MAX_MS, WRITER_IDLE_RELEASE_MS,
+};
 pub use crate::queue::{GROUP_COMMIT_MAX_OPS, WRITE_QUEUE_CAPACITY};
 use crate::queue::{Request, Write};
 use crate::rows::page_limit;
@@ -228,7 +233,8 @@ impl PostgresStore {
             .await
             .map_err(|e| migrate_error(&label, e))?;
         let (writes, queue) = mpsc::channel(WRITE_QUEUE_CAPACITY);
-        tokio::spawn(Writer::new(pool.clone(), queue, label.clone()).run());
+        let outbox = outbox::Outbox::start(pool.clone(), label.clone());
+        tokio::spawn(Writer::new(pool.clone(), queue, label.clone(), outbox).run());
         tracing::debug!(database = %label, "PostgreSQL store open");
         Ok(PostgresStore {
             inner: Arc::new(Inner {

@@ -707,3 +707,163 @@ async fn replicas_claiming_one_drain_test_firing_store_it_once() {
         .collect();
     levee_store::conformance::concurrent_drain_test_claims_land_once(stores).await;
 }
+
+/// Machines of the concurrent-notices case, and reports to each.
+const NOTICE_CASE_MACHINES: usize = 8;
+const NOTICE_CASE_REPORTS_PER_MACHINE: u32 = 20;
+
+/// Notices go out after each batch commits, merged while one is being sent and for
+/// `NOTICE_SEND_INTERVAL_MS` after: with many concurrent reports, another replica still hears
+/// every machine's final version, from at most one notification per interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_sent_after_commits_announce_every_final_version() {
+    use levee_store::Notice;
+    use levee_store::conformance::next_notice;
+    let Some((stores, _database)) = replicas(2).await else {
+        return;
+    };
+    let (writer, listener) = (&stores[0], &stores[1]);
+    let mut notices = listener.notices();
+    next_notice(&mut notices, "the first resync", |n| *n == Notice::Resync).await;
+    let def = Arc::new(counting_def("c", 1_000));
+    let ids: Vec<String> = (0..NOTICE_CASE_MACHINES).map(|i| format!("c{i}")).collect();
+    let machines: Vec<(&str, Option<&str>)> = ids.iter().map(|id| (id.as_str(), None)).collect();
+    create_machines(writer, &def, &machines).await;
+    let started = Instant::now();
+    let mut reporters = Vec::new();
+    for id in &ids {
+        let (writer, def, id) = (writer.clone(), Arc::clone(&def), id.clone());
+        reporters.push(tokio::spawn(async move {
+            let mut last = 0;
+            for _ in 0..NOTICE_CASE_REPORTS_PER_MACHINE {
+                let outcome = writer
+                    .run(vec![report_op(&def, &id, "wait", None, None)])
+                    .await
+                    .unwrap();
+                let OpOutcome::Applied(change) = &outcome[0] else {
+                    panic!("{outcome:?}");
+                };
+                last = change.record.version;
+            }
+            (id, last)
+        }));
+    }
+    let mut finals = std::collections::BTreeMap::new();
+    for reporter in reporters {
+        let (id, version) = reporter.await.unwrap();
+        finals.insert(id, version);
+    }
+    let mut heard = std::collections::BTreeMap::<String, i64>::new();
+    let mut received = 0u64;
+    while finals.iter().any(|(id, v)| heard.get(id) != Some(v)) {
+        let notice = next_notice(&mut notices, "machine versions", |n| {
+            matches!(n, Notice::Machines { .. })
+        })
+        .await;
+        let Notice::Machines { versions } = notice else {
+            unreachable!()
+        };
+        received += 1;
+        for (id, version) in versions {
+            // Only committed versions are announced: none past the last acknowledged one.
+            assert!(version <= finals[&id], "{id} announced at {version}");
+            let highest = heard.entry(id).or_insert(version);
+            *highest = (*highest).max(version);
+        }
+    }
+    // The machines' creation may come as one more.
+    let most =
+        started.elapsed().as_millis() as u64 / levee_store::postgres::NOTICE_SEND_INTERVAL_MS + 2;
+    let reports = u64::from(NOTICE_CASE_REPORTS_PER_MACHINE) * NOTICE_CASE_MACHINES as u64;
+    assert!(
+        received <= most,
+        "{received} machine notices for {reports} reports in {:?}",
+        started.elapsed()
+    );
+    for store in &stores {
+        store.close().await;
+    }
+}
+
+/// A batch's machines, history and audit rows are written in one statement, each table only
+/// when the batch has rows for it: a call mixing an audited change, an unaudited change and a
+/// refusal (audit only) stores each as it would alone, audit entries in call order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_statement_writes_machines_history_and_audit_of_a_batch() {
+    let Some(database) = TestDatabase::create().await else {
+        return;
+    };
+    let store = database.store().await;
+    let def = Arc::new(counting_def("c", 1));
+    create_machines(&store, &def, &[("a", None), ("b", None)]).await;
+    let outcomes = store
+        .run(vec![
+            report_op(
+                &def,
+                "a",
+                "wait",
+                None,
+                Some(audit_entry("ops", "t.first", "a")),
+            ),
+            report_op(&def, "b", "wait", None, None),
+            // `a` is `open` now, so this one is refused and only audited.
+            report_op(
+                &def,
+                "a",
+                "wait",
+                None,
+                Some(audit_entry("ops", "t.second", "a")),
+            ),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(outcomes[0], OpOutcome::Applied(_)), "{outcomes:?}");
+    assert!(matches!(outcomes[1], OpOutcome::Applied(_)), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[2], OpOutcome::Refused(..)),
+        "{outcomes:?}"
+    );
+    for id in ["a", "b"] {
+        let record = store.machine(id).await.unwrap().unwrap();
+        assert_eq!(record.state, "open", "{id}");
+        let history = store.history(id, 0, 0).await.unwrap();
+        assert_eq!(history.last().map(|e| e.to_state.as_str()), Some("open"));
+        assert_eq!(history.last().map(|e| e.version), Some(record.version));
+    }
+    let audit = store
+        .audit_log(&AuditFilter {
+            actor: Some("ops".to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|r| (r.entry.action.as_str(), r.entry.outcome.as_str()))
+        .collect();
+    assert_eq!(actions[0], ("t.first", "ok"));
+    assert_eq!(actions[1].0, "t.second");
+    assert_ne!(actions[1].1, "ok");
+    // A call that only refuses writes audit rows alone.
+    let refused = store
+        .run(vec![report_op(
+            &def,
+            "b",
+            "wait",
+            None,
+            Some(audit_entry("ops", "t.third", "b")),
+        )])
+        .await
+        .unwrap();
+    assert!(matches!(refused[0], OpOutcome::Refused(..)), "{refused:?}");
+    let audit = store
+        .audit_log(&AuditFilter {
+            actor: Some("ops".to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 3);
+    assert_eq!(audit[2].entry.action, "t.third");
+    store.close().await;
+}

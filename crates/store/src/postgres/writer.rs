@@ -15,7 +15,11 @@
 //!    committed state, which nobody else can change until the batch ends.
 //! 2. It decides the writes in order against an overlay of those records, exactly as the
 //!    SQLite writer does: an op sees every op decided before it in the batch.
-//! 3. It writes the changed rows with a few `UNNEST` statements, one per table, and commits.
+//! 3. It writes the changed rows with `UNNEST`: the machines, history and audit rows in one
+//!    statement (a data-modifying `WITH` per table), runs' rows one statement per table; and
+//!    commits.
+//! 4. Only then are its notices handed to the [`Outbox`], which sends them with `pg_notify`
+//!    outside the transaction (why: see the outbox).
 //!
 //! A history entry's `seq` comes from the `history_seq` sequence while the batch holds its
 //! machine's lock, so one machine's entries are in commit order, and a decision that reads
@@ -33,17 +37,19 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use levee_engine::{Change, HistoryEntry, MachineRecord};
 use sqlx::Row;
-use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnection, PgPool, Postgres};
 use tokio::sync::mpsc;
 
 use super::codec::{
     DEFINITION_COLUMNS, HISTORY_COLUMNS, MACHINE_COLUMNS, array, check_text, db_error,
     definition_from_row, history_from_row, is_connection_lost, is_retryable, machine_from_row,
 };
+use super::outbox::Outbox;
 use super::runs::{RunBatch, write_setting};
 use crate::queue::{
     GROUP_COMMIT_MAX_OPS, NOT_FOUND, Request, Write, check_change, named_machines, named_runs,
@@ -67,6 +73,15 @@ pub const BATCH_RETRY_BACKOFF_MS: u64 = 20;
 /// same version first. Each attempt waits for that replica's commit, so more than a few means
 /// replicas are applying the same definition in a loop.
 pub const DEFINITION_VERSION_ATTEMPTS: u32 = 8;
+
+/// How long the writer keeps its connection while no write comes. Between batches of a busy
+/// writer the connection stays taken, which spares every batch the pool's health check (a
+/// round trip to the server); a writer idle this long gives it back to the pool.
+pub const WRITER_IDLE_RELEASE_MS: u64 = 1_000;
+
+/// Longest the writer keeps one connection taken, however busy it is, so the pool's
+/// `MAX_LIFETIME_MS` and its health check still come round.
+pub const WRITER_CONNECTION_HOLD_MAX_MS: u64 = 60_000;
 
 /// Why a batch stopped: the error its requests get, and whether running it again may work.
 #[derive(Debug)]
@@ -164,11 +179,27 @@ pub(crate) struct Writer {
     rx: mpsc::Receiver<Request>,
     /// The database, for messages (never with a password).
     label: String,
+    /// Where committed batches' notices go to be sent, after their commit.
+    outbox: Outbox,
+    /// The connection the last batch committed on, and since when it is held: the next batch
+    /// uses it, see [`WRITER_IDLE_RELEASE_MS`].
+    held: Option<(PoolConnection<Postgres>, Instant)>,
 }
 
 impl Writer {
-    pub(crate) fn new(pool: PgPool, rx: mpsc::Receiver<Request>, label: String) -> Writer {
-        Writer { pool, rx, label }
+    pub(crate) fn new(
+        pool: PgPool,
+        rx: mpsc::Receiver<Request>,
+        label: String,
+        outbox: Outbox,
+    ) -> Writer {
+        Writer {
+            pool,
+            rx,
+            label,
+            outbox,
+            held: None,
+        }
     }
 
     /// Serves batches until every store handle is dropped or `close` is asked for.
@@ -177,7 +208,7 @@ impl Writer {
         loop {
             let first = match carried.take() {
                 Some(write) => write,
-                None => match self.rx.recv().await {
+                None => match self.next_request().await {
                     Some(Request::Write(write)) => write,
                     Some(Request::Close { done }) => {
                         self.shutdown().await;
@@ -221,9 +252,24 @@ impl Writer {
         self.shutdown().await;
     }
 
+    /// The next request; the held connection goes back to the pool if none comes within
+    /// [`WRITER_IDLE_RELEASE_MS`].
+    async fn next_request(&mut self) -> Option<Request> {
+        if self.held.is_some() {
+            let idle = Duration::from_millis(WRITER_IDLE_RELEASE_MS);
+            if let Ok(request) = tokio::time::timeout(idle, self.rx.recv()).await {
+                return request;
+            }
+            self.held = None;
+        }
+        self.rx.recv().await
+    }
+
     /// Answers whatever is still queued as closed, then closes the pool: reads fail from now
     /// on too.
     async fn shutdown(&mut self) {
+        // The pool closes only once every connection is back.
+        self.held = None;
         self.rx.close();
         while let Ok(request) = self.rx.try_recv() {
             match request {
@@ -233,6 +279,7 @@ impl Writer {
                 }
             }
         }
+        self.outbox.close().await;
         self.pool.close().await;
     }
 
@@ -250,12 +297,16 @@ impl Writer {
         let mut attempt = 1;
         loop {
             let count = jobs.len();
-            let Err(abort) = self.attempt(&mut jobs).await else {
-                tracing::trace!(requests = count, attempt, "write batch committed");
-                for job in jobs {
-                    job.send();
+            let abort = match self.attempt(&mut jobs).await {
+                Ok(notices) => {
+                    tracing::trace!(requests = count, attempt, "write batch committed");
+                    for job in jobs {
+                        job.send();
+                    }
+                    self.outbox.push(notices);
+                    return;
                 }
-                return;
+                Err(abort) => abort,
             };
             let message = format!("write to {} failed: {}", self.label, abort.error);
             if !abort.retry || attempt >= BATCH_ATTEMPTS {
@@ -293,27 +344,38 @@ impl Writer {
         }
     }
 
-    /// One run of a batch on a connection of the pool: commits it, or rolls it back.
-    async fn attempt(&self, jobs: &mut [Job]) -> Result<(), Abort> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(abort("take a database connection for writing"))?;
+    /// One run of a batch on a connection of the pool: commits it (and returns its notices),
+    /// or rolls it back.
+    async fn attempt(&mut self, jobs: &mut [Job]) -> Result<Vec<crate::Notice>, Abort> {
+        let hold_max = Duration::from_millis(WRITER_CONNECTION_HOLD_MAX_MS);
+        let (mut conn, since) = match self.held.take() {
+            Some((conn, since)) if since.elapsed() < hold_max => (conn, since),
+            _ => (
+                self.pool
+                    .acquire()
+                    .await
+                    .map_err(abort("take a database connection for writing"))?,
+                Instant::now(),
+            ),
+        };
         let result = run_batch(&mut conn, jobs).await;
         if result.is_err() {
             // A connection that cannot even roll back (it was lost, say) is closed, not
-            // handed back to the pool.
+            // handed back to the pool. One that was held may have died while it waited: the
+            // batch is retried on a connection the pool checks.
             if let Err(error) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
                 tracing::debug!(database = %self.label, %error, "rollback failed; dropping the connection");
                 conn.close_on_drop();
             }
+            return result;
         }
+        self.held = Some((conn, since));
         result
     }
 }
 
-async fn run_batch(conn: &mut PgConnection, jobs: &mut [Job]) -> Result<(), Abort> {
+/// Runs and commits a batch; the notices of what it committed, to be sent now that it has.
+async fn run_batch(conn: &mut PgConnection, jobs: &mut [Job]) -> Result<Vec<crate::Notice>, Abort> {
     // Explicit, so a server whose default isolation is stricter cannot change what the
     // batch's locks guarantee.
     sqlx::query("BEGIN ISOLATION LEVEL READ COMMITTED")
@@ -345,7 +407,7 @@ async fn run_batch(conn: &mut PgConnection, jobs: &mut [Job]) -> Result<(), Abor
             db_error("commit", error)
         ))));
     }
-    Ok(())
+    Ok(batch.notices)
 }
 
 /// History entries a batch will likely write: one per machine op, and what an apply brings.
@@ -423,8 +485,8 @@ struct Batch {
     audit: Vec<AuditEntry>,
     seqs: Seqs,
     runs: RunBatch,
-    /// What the batch changed that other replicas may act on, sent with `pg_notify` inside
-    /// the transaction, so it is delivered only if the batch commits.
+    /// What the batch changed that other replicas may act on, sent through the [`Outbox`]
+    /// once the batch has committed (never inside the transaction: see the outbox).
     notices: Vec<crate::Notice>,
 }
 
@@ -1052,32 +1114,14 @@ impl Batch {
                 _ => None,
             })
             .collect();
-        upsert_machines(conn, &records).await?;
+        write_rows(conn, &records, &self.history, &self.audit).await?;
         if !records.is_empty() {
             self.notices.push(crate::Notice::Machines {
                 versions: records.iter().map(|r| (r.id.clone(), r.version)).collect(),
             });
         }
-        insert_history(conn, &self.history).await?;
-        insert_audit(conn, &self.audit).await?;
-        notify(conn, &self.notices).await
+        Ok(())
     }
-}
-
-/// Sends the batch's notices, in its transaction: PostgreSQL delivers them at the commit, and
-/// drops them if the transaction rolls back.
-async fn notify(conn: &mut PgConnection, notices: &[crate::Notice]) -> Result<(), Abort> {
-    let payloads: Vec<String> = notices.iter().flat_map(crate::Notice::payloads).collect();
-    if payloads.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p")
-        .bind(crate::NOTICE_CHANNEL)
-        .bind(payloads)
-        .execute(conn)
-        .await
-        .map_err(abort("send notices"))?;
-    Ok(())
 }
 
 async fn execute(conn: &mut PgConnection, sql: &str, what: &'static str) -> Result<(), Abort> {
@@ -1284,83 +1328,115 @@ async fn insert_new_machines(
         .collect()
 }
 
-async fn upsert_machines(conn: &mut PgConnection, records: &[&MachineRecord]) -> Result<(), Abort> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    let columns = MachineColumns::of(records.iter().copied())?;
-    let sql = format!(
-        "INSERT INTO machines ({MACHINE_COLUMNS}) \
-         SELECT * FROM {MACHINE_UNNEST} AS v ({MACHINE_COLUMNS}) ORDER BY v.id \
-         ON CONFLICT (id) DO UPDATE SET \
-         definition = excluded.definition, grp = excluded.grp, state = excluded.state, \
-         counter = excluded.counter, reporters = excluded.reporters, \
-         entered_at_ms = excluded.entered_at_ms, timer_due_ms = excluded.timer_due_ms, \
-         version = excluded.version, replay = excluded.replay, \
-         updated_at_ms = excluded.updated_at_ms"
-    );
-    columns
-        .bind(sqlx::query(&sql))
-        .execute(&mut *conn)
-        .await
-        .map_err(abort("write machines"))?;
-    Ok(())
+/// `$first::type[], $first+1::type[], ...`: the parameters of an `UNNEST`, numbered from
+/// `first`.
+fn unnest_params(first: usize, types: &[&str]) -> String {
+    types
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| format!("${}::{ty}[]", first + i))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-async fn insert_history(conn: &mut PgConnection, entries: &[HistoryEntry]) -> Result<(), Abort> {
-    if entries.is_empty() {
+/// The machine columns' types, in [`MACHINE_COLUMNS`] order.
+const MACHINE_TYPES: [&str; 12] = [
+    "text", "text", "text", "text", "bigint", "text", "bigint", "bigint", "bigint", "text",
+    "bigint", "bigint",
+];
+
+/// The history columns' types, in [`HISTORY_COLUMNS`] order.
+const HISTORY_TYPES: [&str; 11] = [
+    "bigint", "text", "bigint", "bigint", "text", "text", "text", "text", "bigint", "text", "text",
+];
+
+/// The audit columns' types, as [`write_rows`] binds them.
+const AUDIT_TYPES: [&str; 6] = ["bigint", "text", "text", "text", "text", "text"];
+
+/// Writes the batch's changed machines, new history and audit entries in one statement (a
+/// data-modifying `WITH` per table): one round trip to the server instead of one per table,
+/// which is most of a small batch's time.
+async fn write_rows(
+    conn: &mut PgConnection,
+    records: &[&MachineRecord],
+    history: &[HistoryEntry],
+    audit: &[AuditEntry],
+) -> Result<(), Abort> {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = 1;
+    if !records.is_empty() {
+        parts.push(format!(
+            "m AS (INSERT INTO machines ({MACHINE_COLUMNS}) \
+             SELECT * FROM UNNEST({}) AS v ({MACHINE_COLUMNS}) ORDER BY v.id \
+             ON CONFLICT (id) DO UPDATE SET \
+             definition = excluded.definition, grp = excluded.grp, state = excluded.state, \
+             counter = excluded.counter, reporters = excluded.reporters, \
+             entered_at_ms = excluded.entered_at_ms, timer_due_ms = excluded.timer_due_ms, \
+             version = excluded.version, replay = excluded.replay, \
+             updated_at_ms = excluded.updated_at_ms)",
+            unnest_params(next, &MACHINE_TYPES)
+        ));
+        next += MACHINE_TYPES.len();
+    }
+    if !history.is_empty() {
+        parts.push(format!(
+            "h AS (INSERT INTO history ({HISTORY_COLUMNS}) SELECT * FROM UNNEST({}))",
+            unnest_params(next, &HISTORY_TYPES)
+        ));
+        next += HISTORY_TYPES.len();
+    }
+    if !audit.is_empty() {
+        // Rows are numbered so their seqs follow the order they were written in.
+        parts.push(format!(
+            "a AS (INSERT INTO audit (at_ms, actor, action, target, outcome, detail) \
+             SELECT at_ms, actor, action, target, outcome, detail \
+             FROM UNNEST({}) WITH ORDINALITY \
+                 AS v (at_ms, actor, action, target, outcome, detail, n) \
+             ORDER BY n)",
+            unnest_params(next, &AUDIT_TYPES)
+        ));
+    }
+    if parts.is_empty() {
         return Ok(());
     }
-    let sql = format!(
-        "INSERT INTO history ({HISTORY_COLUMNS}) \
-         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], \
-             $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], \
-             $11::text[])"
-    );
-    sqlx::query(&sql)
-        .bind(array(entries, |e| e.seq))
-        .bind(array(entries, |e| e.machine.as_str()))
-        .bind(array(entries, |e| e.version))
-        .bind(array(entries, |e| e.at_ms))
-        .bind(array(entries, |e| history_kind_name(e.kind)))
-        .bind(array(entries, |e| e.from_state.as_str()))
-        .bind(array(entries, |e| e.to_state.as_str()))
-        .bind(array(entries, |e| e.event.as_deref()))
-        .bind(array(entries, |e| i64::from(e.counter)))
-        .bind(array(entries, |e| e.actor.as_str()))
-        .bind(array(entries, |e| e.reporter.as_deref()))
+    let sql = format!("WITH {} SELECT 1", parts.join(", "));
+    let mut query = sqlx::query(&sql);
+    if !records.is_empty() {
+        query = MachineColumns::of(records.iter().copied())?.bind(query);
+    }
+    if !history.is_empty() {
+        query = query
+            .bind(array(history, |e| e.seq))
+            .bind(array(history, |e| e.machine.as_str()))
+            .bind(array(history, |e| e.version))
+            .bind(array(history, |e| e.at_ms))
+            .bind(array(history, |e| history_kind_name(e.kind)))
+            .bind(array(history, |e| e.from_state.as_str()))
+            .bind(array(history, |e| e.to_state.as_str()))
+            .bind(array(history, |e| e.event.as_deref()))
+            .bind(array(history, |e| i64::from(e.counter)))
+            .bind(array(history, |e| e.actor.as_str()))
+            .bind(array(history, |e| e.reporter.as_deref()));
+    }
+    if !audit.is_empty() {
+        let mut details = Vec::with_capacity(audit.len());
+        for entry in audit {
+            details.push(
+                serde_json::to_string(&entry.detail)
+                    .map_err(|e| encode_error("audit detail", e))?,
+            );
+        }
+        query = query
+            .bind(array(audit, |e| e.at_ms))
+            .bind(array(audit, |e| e.actor.as_str()))
+            .bind(array(audit, |e| e.action.as_str()))
+            .bind(array(audit, |e| e.target.as_str()))
+            .bind(array(audit, |e| e.outcome.as_str()))
+            .bind(details);
+    }
+    query
         .execute(&mut *conn)
         .await
-        .map_err(abort("write history"))?;
-    Ok(())
-}
-
-async fn insert_audit(conn: &mut PgConnection, entries: &[AuditEntry]) -> Result<(), Abort> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let mut details = Vec::with_capacity(entries.len());
-    for entry in entries {
-        details.push(
-            serde_json::to_string(&entry.detail).map_err(|e| encode_error("audit detail", e))?,
-        );
-    }
-    // Rows are numbered so their seqs follow the order they were written in.
-    sqlx::query(
-        "INSERT INTO audit (at_ms, actor, action, target, outcome, detail) \
-         SELECT at_ms, actor, action, target, outcome, detail \
-         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
-             WITH ORDINALITY AS v (at_ms, actor, action, target, outcome, detail, n) \
-         ORDER BY n",
-    )
-    .bind(array(entries, |e| e.at_ms))
-    .bind(array(entries, |e| e.actor.as_str()))
-    .bind(array(entries, |e| e.action.as_str()))
-    .bind(array(entries, |e| e.target.as_str()))
-    .bind(array(entries, |e| e.outcome.as_str()))
-    .bind(details)
-    .execute(&mut *conn)
-    .await
-    .map_err(abort("write the audit log"))?;
+        .map_err(abort("write machines, history and the audit log"))?;
     Ok(())
 }
