@@ -91,6 +91,11 @@ pub const HEALTH_HOLD_POLL_MS: u64 = 5_000;
 /// The largest `budget_limit`.
 pub const MAX_BUDGET_LIMIT: u64 = 1_000;
 
+/// How long after a request for (or a release of) a network budget its units are granted,
+/// in milliseconds: long enough that every request of the same instant is in, so grants
+/// follow a fixed order (see [`Budgets`]).
+pub const BUDGET_GRANT_DELAY_MS: u64 = 1;
+
 /// What a traffic backend says about one server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerStatus {
@@ -544,10 +549,27 @@ pub(crate) fn parse_budget(parsed: &Args<'_>) -> Result<Option<BudgetArgs>, ArgE
 
 /// Named counting semaphores shared by every traffic stage of one registry: at most a
 /// budget's limit of attempts hold it at once.
+///
+/// Units are granted in a fixed order, never to whoever looks first: a request (and a
+/// release) is only acted on [`BUDGET_GRANT_DELAY_MS`] later, by a grant pass that hands
+/// the free units to the waiters in the order they asked (by Tokio's clock, then by name:
+/// the run and task). Everything that happens at one instant of a paused clock (a
+/// rehearsal) happens before the clock moves on, so the same waits give the same order
+/// whatever the real timing of the commits in between, and a rehearsal repeats exactly.
 #[derive(Debug, Default)]
 pub struct Budgets {
-    in_use: Mutex<HashMap<String, u64>>,
+    state: Mutex<BudgetState>,
     freed: Notify,
+}
+
+/// Who waits for a budget: when they asked, their name, and a sequence number for ties.
+type WaiterKey = (Instant, String, u64);
+
+#[derive(Debug, Default)]
+struct BudgetState {
+    in_use: HashMap<String, u64>,
+    waiters: HashMap<String, BTreeMap<WaiterKey, tokio::sync::oneshot::Sender<()>>>,
+    next_seq: u64,
 }
 
 /// One attempt's hold on a budget, given back when dropped.
@@ -559,16 +581,7 @@ pub struct BudgetGuard {
 
 impl Drop for BudgetGuard {
     fn drop(&mut self) {
-        {
-            let mut in_use = self.budgets.lock();
-            if let Some(count) = in_use.get_mut(&self.name) {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
-                    in_use.remove(&self.name);
-                }
-            }
-        }
-        self.budgets.freed.notify_waiters();
+        self.budgets.release(&self.name);
     }
 }
 
@@ -580,21 +593,65 @@ pub enum BudgetWait {
 }
 
 impl Budgets {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        self.in_use
+    fn lock(&self) -> std::sync::MutexGuard<'_, BudgetState> {
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// How many attempts hold `name` now.
     pub fn in_use(&self, name: &str) -> u64 {
-        self.lock().get(name).copied().unwrap_or(0)
+        self.lock().in_use.get(name).copied().unwrap_or(0)
     }
 
-    /// Takes one unit of `name` if fewer than `limit` are held.
+    /// How many attempts hold or wait for `name` now.
+    pub fn demand(&self, name: &str) -> u64 {
+        let state = self.lock();
+        state.in_use.get(name).copied().unwrap_or(0)
+            + state.waiters.get(name).map_or(0, |w| w.len() as u64)
+    }
+
+    fn release(&self, name: &str) {
+        {
+            let mut state = self.lock();
+            if let Some(count) = state.in_use.get_mut(name) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    state.in_use.remove(name);
+                }
+            }
+        }
+        self.freed.notify_waiters();
+    }
+
+    /// Hands the free units of `name` to its first waiters.
+    fn grant(&self, name: &str, limit: u64) {
+        let mut state = self.lock();
+        loop {
+            let held = state.in_use.get(name).copied().unwrap_or(0);
+            if held >= limit {
+                break;
+            }
+            let Some(waiters) = state.waiters.get_mut(name) else {
+                break;
+            };
+            let Some((_, waiter)) = waiters.pop_first() else {
+                state.waiters.remove(name);
+                break;
+            };
+            if waiter.send(()).is_ok() {
+                *state.in_use.entry(name.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// Takes one unit of `name` at once if fewer than `limit` are held and nobody waits.
     pub fn try_acquire(self: &Arc<Self>, name: &str, limit: u64) -> Option<BudgetGuard> {
-        let mut in_use = self.lock();
-        let count = in_use.entry(name.to_string()).or_insert(0);
+        let mut state = self.lock();
+        if state.waiters.get(name).is_some_and(|w| !w.is_empty()) {
+            return None;
+        }
+        let count = state.in_use.entry(name.to_string()).or_insert(0);
         if *count < limit {
             *count += 1;
             Some(BudgetGuard {
@@ -606,28 +663,72 @@ impl Budgets {
         }
     }
 
-    /// Waits until one unit of `name` is free (fewer than `limit` held) and takes it.
+    /// Waits until one unit of `name` is granted to `who` (see the type's docs) and takes
+    /// it.
     pub async fn acquire(
         self: &Arc<Self>,
         name: &str,
         limit: u64,
+        who: &str,
         cancel: &CancelToken,
         deadline: Instant,
     ) -> Result<BudgetGuard, BudgetWait> {
-        loop {
+        let (sender, mut handed) = tokio::sync::oneshot::channel();
+        let key = {
+            let mut state = self.lock();
+            state.next_seq += 1;
+            let key = (Instant::now(), who.to_string(), state.next_seq);
+            state
+                .waiters
+                .entry(name.to_string())
+                .or_default()
+                .insert(key.clone(), sender);
+            key
+        };
+        let guard = || BudgetGuard {
+            budgets: self.clone(),
+            name: name.to_string(),
+        };
+        let grant_delay = Duration::from_millis(BUDGET_GRANT_DELAY_MS);
+        let stopped = loop {
+            // Whatever else asks or frees at this instant is in by then.
+            tokio::select! {
+                () = tokio::time::sleep(grant_delay) => {}
+                () = cancel.cancelled() => break BudgetWait::Cancelled,
+                () = sleep_until(deadline) => break BudgetWait::TimedOut,
+            }
             let freed = self.freed.notified();
             tokio::pin!(freed);
-            // Registered before looking, so a release between the look and the wait wakes it.
             freed.as_mut().enable();
-            if let Some(guard) = self.try_acquire(name, limit) {
-                return Ok(guard);
-            }
+            self.grant(name, limit);
             tokio::select! {
+                answer = &mut handed => match answer {
+                    Ok(()) => return Ok(guard()),
+                    // Never: only a grant, which sends, or we ourselves remove the sender.
+                    Err(_) => break BudgetWait::Cancelled,
+                },
                 () = &mut freed => {}
-                () = cancel.cancelled() => return Err(BudgetWait::Cancelled),
-                () = sleep_until(deadline) => return Err(BudgetWait::TimedOut),
+                () = cancel.cancelled() => break BudgetWait::Cancelled,
+                () = sleep_until(deadline) => break BudgetWait::TimedOut,
             }
+        };
+        let removed = {
+            let mut state = self.lock();
+            let removed = state
+                .waiters
+                .get_mut(name)
+                .and_then(|waiters| waiters.remove(&key))
+                .is_some();
+            if state.waiters.get(name).is_some_and(BTreeMap::is_empty) {
+                state.waiters.remove(name);
+            }
+            removed
+        };
+        if !removed || handed.try_recv().is_ok() {
+            // A unit was granted as we stopped: give it back.
+            drop(guard());
         }
+        Err(stopped)
     }
 }
 
@@ -724,33 +825,40 @@ impl TrafficKit {
         let Some(budget) = budget else {
             return Ok(None);
         };
-        if let Some(guard) = self.budgets.try_acquire(&budget.name, budget.limit) {
-            return Ok(Some(guard));
+        let busy = self.budgets.demand(&budget.name);
+        if busy >= budget.limit {
+            say(
+                ctx,
+                format!(
+                    "waiting for network budget `{}`: {busy} of {} in use or asked for by \
+                     other tasks",
+                    budget.name, budget.limit
+                ),
+            );
         }
-        say(
-            ctx,
-            format!(
-                "waiting for network budget `{}`: {} of {} in use by other tasks",
-                budget.name,
-                self.budgets.in_use(&budget.name),
-                budget.limit
-            ),
-        );
         let waited = Instant::now();
         match self
             .budgets
-            .acquire(&budget.name, budget.limit, &ctx.cancel, ctx.deadline)
+            .acquire(
+                &budget.name,
+                budget.limit,
+                &format!("{}/{}", ctx.run_id, ctx.task_id),
+                &ctx.cancel,
+                ctx.deadline,
+            )
             .await
         {
             Ok(guard) => {
-                say(
-                    ctx,
-                    format!(
-                        "took network budget `{}` after {} ms",
-                        budget.name,
-                        waited.elapsed().as_millis()
-                    ),
-                );
+                if busy >= budget.limit {
+                    say(
+                        ctx,
+                        format!(
+                            "took network budget `{}` after {} ms",
+                            budget.name,
+                            waited.elapsed().as_millis()
+                        ),
+                    );
+                }
                 Ok(Some(guard))
             }
             Err(BudgetWait::Cancelled) => Err(StageOutcome::Cancelled),
@@ -1814,7 +1922,56 @@ mod tests {
         for run in together {
             assert!(run.await.unwrap().is_success());
         }
-        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(60) + Duration::from_millis(BUDGET_GRANT_DELAY_MS)
+        );
+    }
+
+    /// A rehearsal must give the same schedule every time: a freed unit goes to the first
+    /// waiter, never to whoever happens to look first.
+    #[tokio::test(start_paused = true)]
+    async fn a_freed_budget_goes_to_the_first_waiter() {
+        let budgets = Arc::new(Budgets::default());
+        let held = budgets.try_acquire("db", 1).unwrap();
+        let far = tokio::time::Instant::now() + Duration::from_secs(3_600);
+        let wait = |who: &'static str| {
+            let budgets = budgets.clone();
+            tokio::spawn(async move {
+                budgets
+                    .acquire("db", 1, who, &CancelToken::never(), far)
+                    .await
+                    .map(|guard| (who, guard))
+            })
+        };
+        let second = wait("b-second");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let late = wait("a-late");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(held);
+        assert!(
+            budgets.try_acquire("db", 1).is_none(),
+            "handed over, not freed"
+        );
+        let (who, guard) = second.await.unwrap().unwrap();
+        assert_eq!(who, "b-second");
+        assert_eq!(budgets.in_use("db"), 1);
+        drop(guard);
+        let (who, guard) = late.await.unwrap().unwrap();
+        assert_eq!(who, "a-late");
+        drop(guard);
+        assert_eq!(budgets.in_use("db"), 0);
+        // A waiter that gives up passes nothing on and leaves no trace.
+        let held = budgets.try_acquire("db", 1).unwrap();
+        let soon = tokio::time::Instant::now() + Duration::from_secs(5);
+        let gave_up = budgets
+            .acquire("db", 1, "c", &CancelToken::never(), soon)
+            .await
+            .unwrap_err();
+        assert_eq!(gave_up, BudgetWait::TimedOut);
+        drop(held);
+        assert_eq!(budgets.in_use("db"), 0);
+        assert!(budgets.try_acquire("db", 1).is_some());
     }
 
     #[tokio::test(start_paused = true)]
