@@ -37,8 +37,9 @@ use tower::ServiceExt;
 
 use crate::{Sim, SimHandle, SimSpec, TrafficKind, deps};
 
-/// The templates the generated runbooks are instances of (`shift-out`, `shift-in`); the file
-/// a reader opens is the file that runs.
+/// The templates the generated runbooks are instances of (one per kind of traffic and
+/// direction: `shift-out`, `sticky-out`, `replica-in`, ...); the file a reader opens is the
+/// file that runs.
 pub const DEMO_YAML: &str = include_str!("../../../examples/demo/evacuate.yaml");
 /// The name [`DEMO_YAML`] is stored under.
 pub const DEMO_FILE: &str = "examples/demo/evacuate.yaml";
@@ -118,31 +119,7 @@ impl Scenario {
         let (mut spec, edges) = SimSpec::generated(services, datacenters, seed);
         spec.session_decay_ms = pace.session_decay_ms;
         let plan = deps::plan_drain(&edges, &[]).map_err(anyhow::Error::msg)?;
-        let live = Pace::live();
-        let options = deps::RunbookOptions {
-            health: Some(("levee_sim_error_ratio", ERROR_RATIO_LIMIT)),
-            pass_params: vec![
-                ("wait", live.wait.as_str()),
-                ("drain_timeout", live.drain_timeout.as_str()),
-            ],
-        };
-        let runbooks_yaml = format!(
-            "{}---\n{}",
-            deps::runbook_yaml_with(
-                &plan,
-                EVACUATE_RUNBOOK,
-                "shift-out",
-                deps::Direction::Evacuate,
-                &options
-            ),
-            deps::runbook_yaml_with(
-                &plan,
-                RESTORE_RUNBOOK,
-                "shift-in",
-                deps::Direction::Restore,
-                &options
-            )
-        );
+        let runbooks_yaml = generated_runbooks(&spec, &plan);
         let params = BTreeMap::from([
             ("dc".to_string(), dc.to_string()),
             ("wait".to_string(), pace.wait.clone()),
@@ -228,6 +205,30 @@ impl Scenario {
         }
         phases
     }
+}
+
+/// The generated evacuation and restore runbooks of a fleet (one YAML stream): one task per
+/// service, callers drained first and restored last, each an instance of the template for
+/// its kind of traffic, gated on its error ratio, passing the pace on.
+pub fn generated_runbooks(spec: &SimSpec, plan: &deps::DrainPlan) -> String {
+    let live = Pace::live();
+    let runbook = |name: &str, direction: deps::Direction| {
+        let options = deps::RunbookOptions {
+            health: Some(("levee_sim_error_ratio", ERROR_RATIO_LIMIT)),
+            pass_params: vec![
+                ("wait", live.wait.as_str()),
+                ("drain_timeout", live.drain_timeout.as_str()),
+            ],
+            templates: spec.templates(direction),
+        };
+        let default = TrafficKind::Stateless.template(direction);
+        deps::runbook_yaml_with(plan, name, default, direction, &options)
+    };
+    format!(
+        "{}---\n{}",
+        runbook(EVACUATE_RUNBOOK, deps::Direction::Evacuate),
+        runbook(RESTORE_RUNBOOK, deps::Direction::Restore)
+    )
 }
 
 /// The longest chain of the run's dependency graph with each task's recorded duration: no
