@@ -96,6 +96,8 @@ pub struct Scenario {
     pub plan: deps::DrainPlan,
     /// Both generated runbooks, one YAML stream.
     pub runbooks_yaml: String,
+    /// The evacuation and the restore runbook to run, by name.
+    pub runbooks: [String; 2],
     /// Runbook parameters: `dc`, `wait`, `drain_timeout`.
     pub params: BTreeMap<String, String>,
 }
@@ -130,12 +132,50 @@ impl Scenario {
             edges,
             plan,
             runbooks_yaml,
+            runbooks: [EVACUATE_RUNBOOK.to_string(), RESTORE_RUNBOOK.to_string()],
             params,
+        })
+    }
+
+    /// The small hand-written fleet of `examples/demo/evacuate.yaml` (`east` and `west`; web,
+    /// sessions, api, db, one of each kind) and its hand-written runbooks `evacuate-dc` and
+    /// `restore-dc` for datacenter `dc`.
+    pub fn hand_written(dc: &str, pace: &Pace) -> anyhow::Result<Scenario> {
+        let mut spec = SimSpec::demo();
+        if !spec.datacenters.iter().any(|d| d == dc) {
+            anyhow::bail!(
+                "the small fleet's datacenters are {}; `{dc}` is not one",
+                spec.datacenters.join(", ")
+            );
+        }
+        spec.session_decay_ms = pace.session_decay_ms;
+        let edges: Vec<deps::Edge> = spec
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.depends_on.iter().map(|d| deps::Edge {
+                    parent: s.name.clone(),
+                    child: d.clone(),
+                    call_count: 1,
+                })
+            })
+            .collect();
+        let plan = deps::plan_drain(&edges, &[]).map_err(anyhow::Error::msg)?;
+        Ok(Scenario {
+            spec,
+            edges,
+            plan,
+            runbooks_yaml: String::new(),
+            runbooks: ["evacuate-dc".to_string(), "restore-dc".to_string()],
+            params: BTreeMap::from([("dc".to_string(), dc.to_string())]),
         })
     }
 
     /// The definitions to apply: the templates and the generated runbooks.
     pub fn files(&self) -> Value {
+        if self.runbooks_yaml.is_empty() {
+            return json!({ "files": [{ "name": DEMO_FILE, "content": DEMO_YAML }] });
+        }
         json!({ "files": [
             { "name": DEMO_FILE, "content": DEMO_YAML },
             { "name": "generated/fleet.yaml", "content": self.runbooks_yaml },
@@ -365,7 +405,7 @@ pub async fn rehearse(
             .await
             .context("storing the generated runbooks")?;
         let mut results = Vec::new();
-        for runbook in [EVACUATE_RUNBOOK, RESTORE_RUNBOOK] {
+        for runbook in &scenario.runbooks {
             let result = run_one(&client, &app, runbook, &scenario.params, progress).await?;
             let ok = result.succeeded();
             results.push(result);

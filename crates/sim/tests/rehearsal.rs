@@ -144,3 +144,37 @@ fn each_kind_of_traffic_is_moved_by_the_stage_it_needs() {
         scenario.kinds()
     );
 }
+
+/// The hand-written runbooks of `examples/demo/evacuate.yaml` (what `levee apply` and the
+/// demo drain tests use) evacuate and restore the small fleet, either datacenter, with the
+/// stage of each kind: db's primary is promoted away first, whichever side is drained.
+#[test]
+fn the_hand_written_runbooks_evacuate_and_restore_either_datacenter() {
+    for dc in ["east", "west"] {
+        // The runbooks pass no pace: the templates' defaults, a live demo's.
+        let scenario = Scenario::hand_written(dc, &Pace::live()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let rehearsal = rehearse_blocking(
+            &scenario,
+            dir.path().join("rehearsal.db"),
+            START_MS,
+            &mut |_| {},
+        )
+        .unwrap();
+        for run in &rehearsal.runs {
+            assert!(
+                run.succeeded(),
+                "{dc}: {} ended {}: {:?}",
+                run.runbook,
+                run.view.status,
+                run.view
+                    .tasks
+                    .iter()
+                    .filter(|t| t.reason.is_some())
+                    .map(|t| (&t.id, &t.reason))
+                    .collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(rehearsal.runs.len(), 2, "{dc}");
+    }
+}
