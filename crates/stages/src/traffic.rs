@@ -1113,6 +1113,10 @@ pub(crate) fn adapt(
              {NEAR_LIMIT_WAIT_FACTOR}x wait"
         ),
         ("operator", _) => format!("{value}; the operator's step"),
+        ("shrink", _) if size >= previous.unwrap_or(written_step) => format!(
+            "{value} is near the limit {limit} (from {slow_from}): step stays at the smallest, \
+             {size:.1}, wait {NEAR_LIMIT_WAIT_FACTOR}x"
+        ),
         ("shrink", _) => format!(
             "{value} is near the limit {limit} (from {slow_from}): step shrinks to {size:.1}, \
              wait {NEAR_LIMIT_WAIT_FACTOR}x"
