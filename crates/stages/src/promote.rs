@@ -3,8 +3,9 @@
 //!
 //! In committed steps:
 //! 1. **promoted**: `promote` (a server, SERVICE/DC on the simulator; or a list of
-//!    candidates, of which the first that is not in `away_from`, is up and is not in
-//!    maintenance is chosen, so one runbook serves whichever datacenter is drained) becomes
+//!    candidates: one outside `away_from` that `verify` already shows to be primary is kept,
+//!    else the first outside `away_from` that is up and not in maintenance is chosen, so
+//!    one runbook serves whichever datacenter is drained) becomes
 //!    primary, by the `promote_hook` (a command or an `http://` URL, with `{server}`) or,
 //!    without one, by the backend; with `ready_first` it is set `ready` before. The choice
 //!    is committed with the step, so a resumed attempt keeps it;
@@ -394,16 +395,7 @@ async fn run(
         )
         .await?;
     }
-    let verify_args = substitute(
-        &args.verify.args,
-        &[
-            ("{promoted}", chosen.as_str()),
-            (
-                "{promoted_server}",
-                chosen.split_once('/').map_or("", |(_, server)| server),
-            ),
-        ],
-    );
+    let verify_args = verify_args_for(&args.verify.args, &chosen);
     // 2. Verify, before any traffic moves.
     if rank(&phase) < 2 {
         let started = Instant::now();
@@ -554,12 +546,35 @@ async fn run(
 }
 
 /// The first candidate not in `away_from` that is up and not in maintenance.
+/// Which candidate to promote: one outside `away_from` that `verify` already shows to be
+/// primary (promoting it again changes nothing: draining a datacenter that does not hold
+/// the primary leaves the primary where it is), else the first outside `away_from` that is
+/// up and not in maintenance.
 async fn choose(
     ctx: &StageContext,
     args: &PromoteArgs,
     backend: &dyn TrafficBackend,
     data: &Value,
 ) -> Result<String, StageOutcome> {
+    if args.candidates.len() > 1 {
+        for candidate in &args.candidates {
+            if args.away_from.contains(candidate) {
+                continue;
+            }
+            let outcome = ctx
+                .checks
+                .evaluate(
+                    &ctx.cancel,
+                    args.verify.check,
+                    &verify_args_for(&args.verify.args, candidate),
+                )
+                .await;
+            if outcome.ok {
+                say(ctx, format!("{candidate} is already primary; keeping it"));
+                return Ok(candidate.clone());
+            }
+        }
+    }
     let mut passed = Vec::new();
     for candidate in &args.candidates {
         if args.away_from.contains(candidate) {
@@ -593,6 +608,20 @@ async fn choose(
         ctx,
         data.clone(),
     ))
+}
+
+/// The `verify` check's arguments for one candidate.
+fn verify_args_for(args: &Value, candidate: &str) -> Value {
+    substitute(
+        args,
+        &[
+            ("{promoted}", candidate),
+            (
+                "{promoted_server}",
+                candidate.split_once('/').map_or("", |(_, server)| server),
+            ),
+        ],
+    )
 }
 
 /// `value` with every `(from, to)` replaced in its strings.
