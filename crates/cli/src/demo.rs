@@ -2,9 +2,11 @@
 //! generated simulated fleet (three datacenters, about 100 services of the four traffic
 //! kinds, a layered call graph), generates the evacuation and restore runbooks from the call
 //! graph (`levee deps plan`), stores them with the templates of
-//! `examples/demo/evacuate.yaml`, evacuates `east` and restores it (paced traffic shifts
-//! gated on the simulated error ratios), prints each report (critical path, speedup) and the
-//! time per phase, and keeps serving so the runs can be looked at.
+//! `examples/demo/evacuate.yaml`, evacuates `east` and restores it (each service by the stage
+//! its kind of traffic needs: closed-loop traffic shifts, sticky drains, replication stopped
+//! and caught up within a bandwidth budget, primaries promoted elsewhere; all gated on the
+//! simulated error ratios), prints each report (critical path, speedup) and the time per
+//! phase, and keeps serving so the runs can be looked at.
 //!
 //! By default the runs are a rehearsal in virtual time (`levee_sim::rehearsal`): the same
 //! server and engine on a paused clock, at a production pace (a minute per weight step,
@@ -241,8 +243,6 @@ fn print_phases(phases: &[(String, i64)]) {
 const DEMO_DATACENTERS: [&str; 3] = ["east", "west", "central"];
 /// Seed of the generated fleet and call graph: the same demo every time.
 const DEMO_SEED: u64 = 7;
-/// The error ratio each service's shift must stay under.
-const DEMO_ERROR_RATIO_LIMIT: f64 = 0.05;
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
     if !args.listen.ip().is_loopback() {
@@ -260,24 +260,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
     }
     let (spec, edges) = SimSpec::generated(args.services as usize, &DEMO_DATACENTERS, DEMO_SEED);
     let plan = deps::plan_drain(&edges, &[]).map_err(anyhow::Error::msg)?;
-    let health = Some(("levee_sim_error_ratio", DEMO_ERROR_RATIO_LIMIT));
-    let generated = format!(
-        "{}---\n{}",
-        deps::runbook_yaml_with_health(
-            &plan,
-            "evacuate-fleet",
-            "shift-out",
-            deps::Direction::Evacuate,
-            health
-        ),
-        deps::runbook_yaml_with_health(
-            &plan,
-            "restore-fleet",
-            "shift-in",
-            deps::Direction::Restore,
-            health
-        )
-    );
+    // The same runbooks as the rehearsal: each service's kind of traffic picks its stage.
+    let generated = levee_sim::rehearsal::generated_runbooks(&spec, &plan);
     let kinds = spec.services.iter().fold([0_usize; 4], |mut n, s| {
         n[s.kind as usize] += 1;
         n

@@ -31,6 +31,46 @@ pub struct DepsPlanArgs {
     /// An earlier answer: exit 1 if a dependency new since then lands on the critical path.
     #[arg(long, value_name = "FILE")]
     pub before: Option<PathBuf>,
+    /// Each service's kind of traffic, as JSON `{"SERVICE": "stateless" | "sticky" |
+    /// "replicated" | "stateful"}`: its task uses that kind's template of
+    /// `examples/demo/evacuate.yaml` (`sticky-out`, `replica-in`, ...) instead of
+    /// `--template`.
+    #[arg(long, value_name = "FILE")]
+    pub kinds: Option<PathBuf>,
+}
+
+/// Reads `--kinds` into each service's template, refusing services the graph does not have.
+fn templates(
+    path: &PathBuf,
+    plan: &deps::DrainPlan,
+    direction: Direction,
+) -> Result<std::collections::BTreeMap<String, String>, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| CliError(format!("cannot read {}: {error}", path.display())))?;
+    let kinds: std::collections::BTreeMap<String, levee_sim::TrafficKind> =
+        serde_json::from_str(&text).map_err(|error| {
+            CliError(format!(
+                "{}: a kinds file maps service names to stateless, sticky, replicated or \
+                 stateful: {error}",
+                path.display()
+            ))
+        })?;
+    let unknown: Vec<&str> = kinds
+        .keys()
+        .filter(|service| !plan.drain_after.contains_key(*service))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(CliError(format!(
+            "{}: not in the call graph: {}",
+            path.display(),
+            unknown.join(", ")
+        )));
+    }
+    Ok(kinds
+        .into_iter()
+        .map(|(service, kind)| (service, kind.template(direction).to_string()))
+        .collect())
 }
 
 fn read(path: &PathBuf) -> Result<Vec<deps::Edge>, CliError> {
@@ -48,9 +88,16 @@ pub async fn deps(command: DepsCommand) -> Outcome {
     } else {
         Direction::Evacuate
     };
+    let options = deps::RunbookOptions {
+        templates: match &args.kinds {
+            Some(path) => templates(path, &plan, direction)?,
+            None => Default::default(),
+        },
+        ..deps::RunbookOptions::default()
+    };
     print!(
         "{}",
-        deps::runbook_yaml(&plan, &args.name, &args.template, direction)
+        deps::runbook_yaml_with(&plan, &args.name, &args.template, direction, &options)
     );
     eprintln!(
         "{} services, {} entry points (drained first): {}",

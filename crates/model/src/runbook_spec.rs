@@ -104,9 +104,15 @@ text_schema!(
     json_schema!({
         "type": "string",
         "pattern": STAGE_NAME_PATTERN,
-        "description": "A stage of the stage library: `shell`, `wait`, `http`, `log`, \
-                        `approval`, `state`, ...",
-        "examples": ["shell", "wait", "http", "approval"]
+        "description": "A stage of the stage library: `shell`, `wait`, `http`, `log`, `ramp`, \
+                        `approval`, `state`, and the traffic stages, one per kind of traffic: \
+                        `traffic_shift` (stateless, optionally a closed loop on a health \
+                        metric), `sticky_drain`, `replication`, `promote_primary` (stateful). \
+                        `levee validate` checks each stage's arguments.",
+        "examples": [
+            "shell", "wait", "http", "approval", "traffic_shift", "sticky_drain",
+            "replication", "promote_primary"
+        ]
     })
 );
 text_schema!(

@@ -403,6 +403,9 @@ pub struct RunbookOptions<'a> {
     /// Runbook parameters (name, default value) that every task passes on to its template
     /// under the same name, such as a pace: `wait: "{{ params.wait }}"`.
     pub pass_params: Vec<(&'a str, &'a str)>,
+    /// The template of each service whose traffic is moved otherwise than by the default
+    /// template (by its kind: `sticky-out`, `replica-in`, ...).
+    pub templates: BTreeMap<String, String>,
 }
 
 /// [`runbook_yaml`] with [`RunbookOptions`].
@@ -456,6 +459,10 @@ pub fn runbook_yaml_with(
         .map(|(param, _)| format!(", {param}: \"{{{{ params.{param} }}}}\""))
         .collect();
     for (service, before) in &needs {
+        let template = options
+            .templates
+            .get(*service)
+            .map_or(template, String::as_str);
         out.push_str(&format!(
             "  - id: {}\n    template: {template}\n",
             task_id(service)
@@ -551,6 +558,20 @@ mod tests {
         assert!(yaml.contains("  - id: auth\n    template: shift-out\n    needs: [mobile, web]"));
         let back = runbook_yaml(&plan, "restore", "shift-in", Direction::Restore);
         assert!(back.contains("  - id: web\n    template: shift-in\n    needs: [auth, search]"));
+        // Each service's kind of traffic picks its template.
+        let options = RunbookOptions {
+            templates: BTreeMap::from([("db".to_string(), "primary-out".to_string())]),
+            ..RunbookOptions::default()
+        };
+        let kinds = runbook_yaml_with(
+            &plan,
+            "evacuate",
+            "shift-out",
+            Direction::Evacuate,
+            &options,
+        );
+        assert!(kinds.contains("  - id: db\n    template: primary-out\n    needs: [auth]"));
+        assert!(kinds.contains("  - id: auth\n    template: shift-out\n"));
     }
 
     #[test]

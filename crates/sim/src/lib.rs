@@ -16,7 +16,21 @@
 //!   drained calls across datacenters: its latency and errors rise (drain dependents first);
 //! - sticky services keep their sessions for a while after their weight reaches zero, so a
 //!   drain must wait for sessions to fall;
-//! - with every weight at zero, the whole demand is unserved.
+//! - with every weight at zero, the whole demand is unserved;
+//! - replicated and stateful services replicate into every datacenter but the primary's
+//!   (replicated: into all of them) at their write rate ([`REPLICATION_MB_PER_REQUEST`] per
+//!   request/s); while replication into a target is stopped (or the target is in
+//!   maintenance) a backlog grows, and the replication lag is that backlog in seconds of
+//!   writes; started again, the target catches up at its throttle (unthrottled:
+//!   [`UNTHROTTLED_CATCHUP_MBPS`]) minus the write rate;
+//! - a datacenter's replication traffic shares [`NETWORK_CAPACITY_MBPS_PER_DC`]: past it,
+//!   every catch-up there slows to its share and every service serving there sees errors
+//!   rise ([`SATURATION_ERROR_RATIO`] per 100% over) — the restore that saturates the
+//!   network;
+//! - a stateful service has one primary datacenter; with its primary in maintenance, every
+//!   datacenter serving the service fails its writes ([`PRIMARY_DOWN_ERROR_RATIO`]), so a
+//!   drain must promote a replica elsewhere first. A replica more than
+//!   [`PROMOTE_MAX_LAG_S`] behind refuses to be promoted (it would lose writes).
 
 pub mod deps;
 pub mod rehearsal;
@@ -26,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use levee_stages::{MetricError, MetricSource, ServerStatus, TrafficBackend};
+use levee_stages::{MetricError, MetricSource, Replication, ServerStatus, TrafficBackend};
 use serde::{Deserialize, Serialize};
 
 /// Utilisation above which a datacenter's errors start to rise.
@@ -44,6 +58,20 @@ pub const SESSIONS_PER_RPS: f64 = 2.0;
 pub const GENERATED_UTILISATION_WITH_ONE_DOWN: f64 = 0.75;
 /// The weight every target starts at.
 pub const FULL_WEIGHT: u32 = 100;
+/// Megabytes per second a replicated or stateful service writes (and replicates) per
+/// request/s of demand.
+pub const REPLICATION_MB_PER_REQUEST: f64 = 0.001;
+/// How fast one replica catches up when nothing throttles it, in megabytes per second.
+pub const UNTHROTTLED_CATCHUP_MBPS: f64 = 100.0;
+/// The network each datacenter has for replication, in megabytes per second.
+pub const NETWORK_CAPACITY_MBPS_PER_DC: f64 = 60.0;
+/// Errors added to every service serving in a datacenter per 100% of replication traffic
+/// beyond its network.
+pub const SATURATION_ERROR_RATIO: f64 = 0.5;
+/// Errors of a stateful service whose primary is in maintenance.
+pub const PRIMARY_DOWN_ERROR_RATIO: f64 = 0.5;
+/// The most lag, in seconds, a replica may have and still be promoted.
+pub const PROMOTE_MAX_LAG_S: f64 = 1.0;
 /// How often [`SimHandle::run_real_time`] advances the simulation, in milliseconds.
 pub const REAL_TIME_TICK_MS: u64 = 100;
 
@@ -55,6 +83,39 @@ pub enum TrafficKind {
     Sticky,
     Replicated,
     Stateful,
+}
+
+impl TrafficKind {
+    /// The template of `examples/demo/evacuate.yaml` that moves this kind of traffic: the
+    /// stage Maelstrom's kind needs (a stateful service comes back as a replica catching up;
+    /// its primary stays where the evacuation promoted it).
+    pub fn template(self, direction: deps::Direction) -> &'static str {
+        use deps::Direction::{Evacuate, Restore};
+        match (self, direction) {
+            (TrafficKind::Stateless, Evacuate) => "shift-out",
+            (TrafficKind::Stateless, Restore) => "shift-in",
+            (TrafficKind::Sticky, Evacuate) => "sticky-out",
+            (TrafficKind::Sticky, Restore) => "sticky-in",
+            (TrafficKind::Replicated, Evacuate) => "replica-out",
+            (TrafficKind::Replicated | TrafficKind::Stateful, Restore) => "replica-in",
+            (TrafficKind::Stateful, Evacuate) => "primary-out",
+        }
+    }
+}
+
+impl SimSpec {
+    /// Each service's template for `direction`, by its kind of traffic.
+    pub fn templates(&self, direction: deps::Direction) -> BTreeMap<String, String> {
+        self.services
+            .iter()
+            .map(|service| {
+                (
+                    service.name.clone(),
+                    service.kind.template(direction).to_string(),
+                )
+            })
+            .collect()
+    }
 }
 
 /// One service as the simulation sees it.
@@ -196,6 +257,12 @@ struct Target {
     maintenance: bool,
     draining: bool,
     sessions: f64,
+    /// Whether replication into the target is on (for services that replicate into it).
+    replicating: bool,
+    /// Writes not yet replicated into the target, in megabytes.
+    backlog_mb: f64,
+    /// The catch-up's throttle, in megabytes per second; `None`: unthrottled.
+    catchup_limit_mbps: Option<f64>,
 }
 
 /// The simulated fleet's state.
@@ -203,6 +270,8 @@ struct Target {
 pub struct Sim {
     spec: SimSpec,
     targets: HashMap<(String, String), Target>,
+    /// The primary datacenter of each stateful service.
+    primaries: HashMap<String, String>,
     now_ms: i64,
 }
 
@@ -233,15 +302,21 @@ impl Sim {
         }
         let mut sim = Sim {
             targets: HashMap::new(),
+            primaries: HashMap::new(),
             now_ms: 0,
             spec,
         };
         for service in &sim.spec.services {
+            if service.kind == TrafficKind::Stateful {
+                sim.primaries
+                    .insert(service.name.clone(), sim.spec.datacenters[0].clone());
+            }
             for dc in &sim.spec.datacenters {
                 sim.targets.insert(
                     (service.name.clone(), dc.clone()),
                     Target {
                         weight: FULL_WEIGHT,
+                        replicating: true,
                         ..Target::default()
                     },
                 );
@@ -344,10 +419,36 @@ impl Sim {
         service.demand_rps * self.effective_weight(&service.name, dc) / total
     }
 
-    /// Moves virtual time on: sticky sessions follow their load.
+    /// Moves virtual time on: sticky sessions follow their load, replication backlogs grow
+    /// or catch up.
     pub fn advance(&mut self, by: Duration) {
         let dt = by.as_millis() as f64;
         self.now_ms += by.as_millis() as i64;
+        let dt_s = dt / 1_000.0;
+        let mut moved: Vec<((String, String), f64)> = Vec::new();
+        for dc in &self.spec.datacenters {
+            let share = self.network_share(dc);
+            for service in &self.spec.services {
+                if !self.replicates_into(service, dc) {
+                    continue;
+                }
+                let key = (service.name.clone(), dc.clone());
+                let target = &self.targets[&key];
+                let write = write_mbps(service);
+                let backlog = if self.flowing(target) {
+                    let rate = self.wanted_mbps(service, target) * share;
+                    target.backlog_mb + (write - rate) * dt_s
+                } else {
+                    target.backlog_mb + write * dt_s
+                };
+                moved.push((key, backlog.max(0.0)));
+            }
+        }
+        for (key, backlog) in moved {
+            if let Some(target) = self.targets.get_mut(&key) {
+                target.backlog_mb = backlog;
+            }
+        }
         let factor = 1.0 - (-dt / self.spec.session_decay_ms.max(1.0)).exp();
         for service in self.spec.services.clone() {
             if service.kind != TrafficKind::Sticky {
@@ -365,9 +466,173 @@ impl Sim {
         }
     }
 
+    /// Whether `service` replicates into its target in `dc` (replicated: everywhere;
+    /// stateful: everywhere but its primary).
+    fn replicates_into(&self, service: &ServiceSpec, dc: &str) -> bool {
+        match service.kind {
+            TrafficKind::Replicated => true,
+            TrafficKind::Stateful => {
+                self.primaries.get(&service.name).map(String::as_str) != Some(dc)
+            }
+            TrafficKind::Stateless | TrafficKind::Sticky => false,
+        }
+    }
+
+    fn flowing(&self, target: &Target) -> bool {
+        target.replicating && !target.maintenance
+    }
+
+    /// What a flowing replica asks of the network: its writes, plus its catch-up (up to its
+    /// throttle) while it has a backlog.
+    fn wanted_mbps(&self, service: &ServiceSpec, target: &Target) -> f64 {
+        let write = write_mbps(service);
+        if target.backlog_mb > 0.0 {
+            target
+                .catchup_limit_mbps
+                .unwrap_or(UNTHROTTLED_CATCHUP_MBPS)
+                .max(write)
+        } else {
+            write
+        }
+    }
+
+    /// Replication traffic into `dc` that its replicas ask for, in megabytes per second.
+    fn network_demand_mbps(&self, dc: &str) -> f64 {
+        self.spec
+            .services
+            .iter()
+            .filter(|service| self.replicates_into(service, dc))
+            .filter_map(|service| {
+                let target = &self.targets[&(service.name.clone(), dc.to_string())];
+                self.flowing(target)
+                    .then(|| self.wanted_mbps(service, target))
+            })
+            .sum()
+    }
+
+    /// The share of what they ask that `dc`'s replicas get: 1 unless the network is
+    /// saturated.
+    fn network_share(&self, dc: &str) -> f64 {
+        let demand = self.network_demand_mbps(dc);
+        if demand > NETWORK_CAPACITY_MBPS_PER_DC {
+            NETWORK_CAPACITY_MBPS_PER_DC / demand
+        } else {
+            1.0
+        }
+    }
+
+    /// Ends `fraction` of a target's sessions (restarting that share of its jobs).
+    pub fn end_sessions(&mut self, target: &str, fraction: f64) -> Result<u64, String> {
+        let key = Self::key(target)?;
+        let entry = self
+            .targets
+            .get_mut(&key)
+            .ok_or_else(|| format!("the simulated fleet has no `{target}`"))?;
+        let ended = (entry.sessions * fraction.clamp(0.0, 1.0)).round();
+        entry.sessions = (entry.sessions - ended).max(0.0);
+        if entry.sessions < 0.5 {
+            entry.sessions = 0.0;
+        }
+        Ok(ended as u64)
+    }
+
+    fn service(&self, name: &str) -> Result<&ServiceSpec, String> {
+        self.spec
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| format!("the simulated fleet has no service `{name}`"))
+    }
+
+    /// Stops replication into a target, or starts it with its catch-up throttled to
+    /// `limit_mbps` (`None`: unthrottled).
+    pub fn set_replication(
+        &mut self,
+        target: &str,
+        running: bool,
+        limit_mbps: Option<f64>,
+    ) -> Result<(), String> {
+        let (service, dc) = Self::key(target)?;
+        let spec = self.service(&service)?.clone();
+        if !self.replicates_into(&spec, &dc) {
+            return Err(format!(
+                "nothing replicates into `{target}`: `{service}` is {}",
+                match spec.kind {
+                    TrafficKind::Stateful => "stateful and this is its primary",
+                    TrafficKind::Stateless => "stateless",
+                    TrafficKind::Sticky => "sticky",
+                    TrafficKind::Replicated => "replicated",
+                }
+            ));
+        }
+        let entry = self
+            .targets
+            .get_mut(&(service, dc))
+            .ok_or_else(|| format!("the simulated fleet has no `{target}`"))?;
+        entry.replicating = running;
+        entry.catchup_limit_mbps = limit_mbps;
+        Ok(())
+    }
+
+    /// Makes a stateful service's target its primary; the old primary becomes a replica.
+    pub fn promote(&mut self, target: &str) -> Result<(), String> {
+        let (service, dc) = Self::key(target)?;
+        let spec = self.service(&service)?.clone();
+        if spec.kind != TrafficKind::Stateful {
+            return Err(format!("`{service}` is not stateful: it has no primary"));
+        }
+        let old = self.primaries.get(&service).cloned().unwrap_or_default();
+        if old == dc {
+            return Ok(());
+        }
+        let entry = self
+            .targets
+            .get(&(service.clone(), dc.clone()))
+            .ok_or_else(|| format!("the simulated fleet has no `{target}`"))?;
+        let lag_s = entry.backlog_mb / write_mbps(&spec).max(f64::MIN_POSITIVE);
+        if lag_s > PROMOTE_MAX_LAG_S || entry.maintenance {
+            return Err(format!(
+                "`{target}` cannot be promoted: it is {lag_s:.0} s behind{}; promoting it \
+                 would lose writes",
+                if entry.maintenance {
+                    " and in maintenance"
+                } else {
+                    ""
+                }
+            ));
+        }
+        self.primaries.insert(service.clone(), dc);
+        if let Some(old_target) = self.targets.get_mut(&(service, old)) {
+            old_target.replicating = true;
+            old_target.backlog_mb = 0.0;
+            old_target.catchup_limit_mbps = None;
+        }
+        Ok(())
+    }
+
+    /// The primary datacenter of a stateful service.
+    pub fn primary(&self, service: &str) -> Option<&str> {
+        self.primaries.get(service).map(String::as_str)
+    }
+
     /// Every metric now.
     pub fn samples(&self) -> Vec<Sample> {
         let mut samples = Vec::new();
+        // Once per datacenter, not per service: every query reads every sample.
+        let network: HashMap<&str, f64> = self
+            .spec
+            .datacenters
+            .iter()
+            .map(|dc| (dc.as_str(), self.network_demand_mbps(dc)))
+            .collect();
+        let share = |dc: &str| {
+            let demand = network.get(dc).copied().unwrap_or(0.0);
+            if demand > NETWORK_CAPACITY_MBPS_PER_DC {
+                NETWORK_CAPACITY_MBPS_PER_DC / demand
+            } else {
+                1.0
+            }
+        };
         for service in &self.spec.services {
             let total_weight: f64 = self
                 .spec
@@ -398,9 +663,25 @@ impl Sim {
                     .filter(|dep| serving && self.effective_weight(dep, dc) <= 0.0)
                     .count() as f64;
                 let overload = (utilisation - OVERLOAD_UTILISATION).max(0.0) * 2.0;
+                let saturation = (network[dc.as_str()] / NETWORK_CAPACITY_MBPS_PER_DC - 1.0)
+                    .max(0.0)
+                    * SATURATION_ERROR_RATIO;
+                let primary_down = self
+                    .primaries
+                    .get(&service.name)
+                    .and_then(|primary| self.targets.get(&(service.name.clone(), primary.clone())))
+                    .is_some_and(|primary| primary.maintenance);
                 let errors = if serving {
-                    (BASE_ERROR_RATIO + overload + drained_deps * DRAINED_DEPENDENCY_ERROR_RATIO)
-                        .min(1.0)
+                    (BASE_ERROR_RATIO
+                        + overload
+                        + saturation
+                        + drained_deps * DRAINED_DEPENDENCY_ERROR_RATIO
+                        + if primary_down {
+                            PRIMARY_DOWN_ERROR_RATIO
+                        } else {
+                            0.0
+                        })
+                    .min(1.0)
                 } else {
                     0.0
                 };
@@ -425,7 +706,41 @@ impl Sim {
                 push("levee_sim_error_ratio", errors);
                 push("levee_sim_latency_ms", latency);
                 push("levee_sim_sessions", target.sessions.round());
+                if self.replicates_into(service, dc.as_deref().unwrap_or_default()) {
+                    let write = write_mbps(service);
+                    push(
+                        "levee_sim_replication_lag_seconds",
+                        target.backlog_mb / write.max(f64::MIN_POSITIVE),
+                    );
+                    let dc_name = dc.as_deref().unwrap_or_default();
+                    push(
+                        "levee_sim_replication_mbps",
+                        if self.flowing(target) {
+                            self.wanted_mbps(service, target) * share(dc_name)
+                        } else {
+                            0.0
+                        },
+                    );
+                }
+                if let Some(primary) = self.primaries.get(&service.name) {
+                    push(
+                        "levee_sim_primary",
+                        if Some(primary) == dc.as_ref() {
+                            1.0
+                        } else {
+                            0.0
+                        },
+                    );
+                }
             }
+        }
+        for dc in &self.spec.datacenters {
+            samples.push(Sample {
+                name: "levee_sim_network_utilisation",
+                service: String::new(),
+                dc: Some(dc.clone()),
+                value: network[dc.as_str()] / NETWORK_CAPACITY_MBPS_PER_DC,
+            });
         }
         samples
     }
@@ -447,6 +762,9 @@ impl Sim {
                 sample.value.to_string()
             };
             match &sample.dc {
+                Some(dc) if sample.service.is_empty() => {
+                    out.push_str(&format!("{}{{dc=\"{}\"}} {value}\n", sample.name, dc))
+                }
                 Some(dc) => out.push_str(&format!(
                     "{}{{service=\"{}\",dc=\"{}\"}} {value}\n",
                     sample.name, sample.service, dc
@@ -515,6 +833,11 @@ impl Sim {
             sessions: t.sessions.round() as u64,
         })
     }
+}
+
+/// What a service writes, and so replicates, in megabytes per second.
+fn write_mbps(service: &ServiceSpec) -> f64 {
+    service.demand_rps * REPLICATION_MB_PER_REQUEST
 }
 
 struct Query {
@@ -651,6 +974,23 @@ impl TrafficBackend for SimHandle {
     async fn set_state(&self, target: &str, state: &str) -> Result<(), String> {
         self.with(|sim| sim.set_state(target, state))
     }
+
+    async fn end_sessions(&self, target: &str, fraction: f64) -> Result<u64, String> {
+        self.with(|sim| sim.end_sessions(target, fraction))
+    }
+
+    async fn set_replication(&self, target: &str, replication: Replication) -> Result<(), String> {
+        self.with(|sim| match replication {
+            Replication::Stopped => sim.set_replication(target, false, None),
+            Replication::Running { bandwidth_mbps } => {
+                sim.set_replication(target, true, bandwidth_mbps)
+            }
+        })
+    }
+
+    async fn promote(&self, target: &str) -> Result<(), String> {
+        self.with(|sim| sim.promote(target))
+    }
 }
 
 #[cfg(test)]
@@ -727,10 +1067,93 @@ mod tests {
     }
 
     #[test]
+    fn replication_lag_grows_while_stopped_and_falls_at_the_throttled_rate() {
+        let mut sim = demo();
+        let lag = |sim: &Sim| {
+            sim.query("levee_sim_replication_lag_seconds{service=\"db\",dc=\"west\"}")
+                .unwrap()
+        };
+        assert_eq!(lag(&sim), 0.0);
+        // db is stateful, its primary in east: replicas elsewhere only.
+        assert!(
+            sim.query("levee_sim_replication_lag_seconds{service=\"db\",dc=\"east\"}")
+                .is_err()
+        );
+        sim.set_replication("db/west", false, None).unwrap();
+        sim.advance(Duration::from_secs(600));
+        assert!((lag(&sim) - 600.0).abs() < 1e-6, "{}", lag(&sim));
+        // db writes 0.8 MB/s; a 2 MB/s budget catches up 1.2 MB/s: 480 MB in 400 s.
+        sim.set_replication("db/west", true, Some(2.0)).unwrap();
+        sim.advance(Duration::from_secs(200));
+        assert!((lag(&sim) - 300.0).abs() < 1e-6, "{}", lag(&sim));
+        sim.advance(Duration::from_secs(200));
+        assert_eq!(lag(&sim), 0.0);
+        assert!(sim.set_replication("web/east", false, None).is_err());
+    }
+
+    #[test]
+    fn an_unthrottled_catch_up_saturates_the_network_and_raises_errors() {
+        let (spec, _) = SimSpec::generated(100, &["east", "west", "central"], 7);
+        let mut sim = Sim::new(spec).unwrap();
+        let replicas: Vec<String> = sim
+            .spec()
+            .services
+            .iter()
+            .filter(|s| s.kind == TrafficKind::Replicated)
+            .map(|s| format!("{}/east", s.name))
+            .collect();
+        assert!(replicas.len() >= 5, "{}", replicas.len());
+        for replica in &replicas {
+            sim.set_replication(replica, false, None).unwrap();
+        }
+        sim.advance(Duration::from_secs(3_600));
+        let mut throttled = sim.clone();
+        for replica in &replicas {
+            sim.set_replication(replica, true, None).unwrap();
+            throttled.set_replication(replica, true, Some(2.0)).unwrap();
+        }
+        let network = "levee_sim_network_utilisation{dc=\"east\"}";
+        assert!(sim.query(network).unwrap() > 1.0);
+        let errors = sim.query("max(levee_sim_error_ratio)").unwrap();
+        assert!(errors > 0.05, "saturated but errors at {errors}");
+        assert!(throttled.query(network).unwrap() < 1.0);
+        assert!(throttled.query("max(levee_sim_error_ratio)").unwrap() < 0.01);
+    }
+
+    #[test]
+    fn a_stateful_primary_must_move_before_its_datacenter_is_taken_out() {
+        let mut sim = demo();
+        let db_errors = |sim: &Sim| {
+            sim.query("max(levee_sim_error_ratio{service=\"db\"})")
+                .unwrap()
+        };
+        let mut wrong = sim.clone();
+        wrong.set_state("db/east", "maint").unwrap();
+        assert!(db_errors(&wrong) >= PRIMARY_DOWN_ERROR_RATIO);
+        assert_eq!(
+            sim.query("levee_sim_primary{service=\"db\",dc=\"east\"}"),
+            Ok(1.0)
+        );
+        sim.promote("db/west").unwrap();
+        assert_eq!(sim.primary("db"), Some("west"));
+        sim.set_state("db/east", "maint").unwrap();
+        assert!(db_errors(&sim) < 0.01);
+        // The old primary is now a replica, behind while in maintenance; it refuses to be
+        // promoted back until it has caught up.
+        sim.advance(Duration::from_secs(60));
+        let refused = sim.promote("db/east").unwrap_err();
+        assert!(refused.contains("would lose writes"), "{refused}");
+    }
+
+    #[test]
     fn the_exposition_is_prometheus_text() {
         let text = demo().render_prometheus();
         assert!(text.contains("# TYPE levee_sim_error_ratio gauge"));
         assert!(text.contains("levee_sim_weight{service=\"web\",dc=\"east\"} 100"));
+        assert!(
+            text.contains("levee_sim_network_utilisation{dc=\"east\"} "),
+            "{text}"
+        );
     }
 }
 

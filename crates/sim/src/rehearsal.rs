@@ -37,8 +37,9 @@ use tower::ServiceExt;
 
 use crate::{Sim, SimHandle, SimSpec, TrafficKind, deps};
 
-/// The templates the generated runbooks are instances of (`shift-out`, `shift-in`); the file
-/// a reader opens is the file that runs.
+/// The templates the generated runbooks are instances of (one per kind of traffic and
+/// direction: `shift-out`, `sticky-out`, `replica-in`, ...); the file a reader opens is the
+/// file that runs.
 pub const DEMO_YAML: &str = include_str!("../../../examples/demo/evacuate.yaml");
 /// The name [`DEMO_YAML`] is stored under.
 pub const DEMO_FILE: &str = "examples/demo/evacuate.yaml";
@@ -95,6 +96,8 @@ pub struct Scenario {
     pub plan: deps::DrainPlan,
     /// Both generated runbooks, one YAML stream.
     pub runbooks_yaml: String,
+    /// The evacuation and the restore runbook to run, by name.
+    pub runbooks: [String; 2],
     /// Runbook parameters: `dc`, `wait`, `drain_timeout`.
     pub params: BTreeMap<String, String>,
 }
@@ -118,31 +121,7 @@ impl Scenario {
         let (mut spec, edges) = SimSpec::generated(services, datacenters, seed);
         spec.session_decay_ms = pace.session_decay_ms;
         let plan = deps::plan_drain(&edges, &[]).map_err(anyhow::Error::msg)?;
-        let live = Pace::live();
-        let options = deps::RunbookOptions {
-            health: Some(("levee_sim_error_ratio", ERROR_RATIO_LIMIT)),
-            pass_params: vec![
-                ("wait", live.wait.as_str()),
-                ("drain_timeout", live.drain_timeout.as_str()),
-            ],
-        };
-        let runbooks_yaml = format!(
-            "{}---\n{}",
-            deps::runbook_yaml_with(
-                &plan,
-                EVACUATE_RUNBOOK,
-                "shift-out",
-                deps::Direction::Evacuate,
-                &options
-            ),
-            deps::runbook_yaml_with(
-                &plan,
-                RESTORE_RUNBOOK,
-                "shift-in",
-                deps::Direction::Restore,
-                &options
-            )
-        );
+        let runbooks_yaml = generated_runbooks(&spec, &plan);
         let params = BTreeMap::from([
             ("dc".to_string(), dc.to_string()),
             ("wait".to_string(), pace.wait.clone()),
@@ -153,12 +132,50 @@ impl Scenario {
             edges,
             plan,
             runbooks_yaml,
+            runbooks: [EVACUATE_RUNBOOK.to_string(), RESTORE_RUNBOOK.to_string()],
             params,
+        })
+    }
+
+    /// The small hand-written fleet of `examples/demo/evacuate.yaml` (`east` and `west`; web,
+    /// sessions, api, db, one of each kind) and its hand-written runbooks `evacuate-dc` and
+    /// `restore-dc` for datacenter `dc`.
+    pub fn hand_written(dc: &str, pace: &Pace) -> anyhow::Result<Scenario> {
+        let mut spec = SimSpec::demo();
+        if !spec.datacenters.iter().any(|d| d == dc) {
+            anyhow::bail!(
+                "the small fleet's datacenters are {}; `{dc}` is not one",
+                spec.datacenters.join(", ")
+            );
+        }
+        spec.session_decay_ms = pace.session_decay_ms;
+        let edges: Vec<deps::Edge> = spec
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.depends_on.iter().map(|d| deps::Edge {
+                    parent: s.name.clone(),
+                    child: d.clone(),
+                    call_count: 1,
+                })
+            })
+            .collect();
+        let plan = deps::plan_drain(&edges, &[]).map_err(anyhow::Error::msg)?;
+        Ok(Scenario {
+            spec,
+            edges,
+            plan,
+            runbooks_yaml: String::new(),
+            runbooks: ["evacuate-dc".to_string(), "restore-dc".to_string()],
+            params: BTreeMap::from([("dc".to_string(), dc.to_string())]),
         })
     }
 
     /// The definitions to apply: the templates and the generated runbooks.
     pub fn files(&self) -> Value {
+        if self.runbooks_yaml.is_empty() {
+            return json!({ "files": [{ "name": DEMO_FILE, "content": DEMO_YAML }] });
+        }
         json!({ "files": [
             { "name": DEMO_FILE, "content": DEMO_YAML },
             { "name": "generated/fleet.yaml", "content": self.runbooks_yaml },
@@ -228,6 +245,30 @@ impl Scenario {
         }
         phases
     }
+}
+
+/// The generated evacuation and restore runbooks of a fleet (one YAML stream): one task per
+/// service, callers drained first and restored last, each an instance of the template for
+/// its kind of traffic, gated on its error ratio, passing the pace on.
+pub fn generated_runbooks(spec: &SimSpec, plan: &deps::DrainPlan) -> String {
+    let live = Pace::live();
+    let runbook = |name: &str, direction: deps::Direction| {
+        let options = deps::RunbookOptions {
+            health: Some(("levee_sim_error_ratio", ERROR_RATIO_LIMIT)),
+            pass_params: vec![
+                ("wait", live.wait.as_str()),
+                ("drain_timeout", live.drain_timeout.as_str()),
+            ],
+            templates: spec.templates(direction),
+        };
+        let default = TrafficKind::Stateless.template(direction);
+        deps::runbook_yaml_with(plan, name, default, direction, &options)
+    };
+    format!(
+        "{}---\n{}",
+        runbook(EVACUATE_RUNBOOK, deps::Direction::Evacuate),
+        runbook(RESTORE_RUNBOOK, deps::Direction::Restore)
+    )
 }
 
 /// The longest chain of the run's dependency graph with each task's recorded duration: no
@@ -364,7 +405,7 @@ pub async fn rehearse(
             .await
             .context("storing the generated runbooks")?;
         let mut results = Vec::new();
-        for runbook in [EVACUATE_RUNBOOK, RESTORE_RUNBOOK] {
+        for runbook in &scenario.runbooks {
             let result = run_one(&client, &app, runbook, &scenario.params, progress).await?;
             let ok = result.succeeded();
             results.push(result);

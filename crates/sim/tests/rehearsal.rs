@@ -95,3 +95,86 @@ fn an_evacuation_in_virtual_time_takes_production_time_in_seconds_and_repeats_ex
     let (second, _) = rehearse(11);
     assert_eq!(first, second, "the same seed gives the same times");
 }
+
+#[test]
+fn each_kind_of_traffic_is_moved_by_the_stage_it_needs() {
+    use levee_sim::TrafficKind;
+    use levee_sim::deps::task_id;
+    let scenario = Scenario::generated(
+        100,
+        &["east", "west", "central"],
+        "east",
+        7,
+        &Pace::production(),
+    )
+    .unwrap();
+    let (evacuate, restore) = scenario
+        .runbooks_yaml
+        .split_once("---\n")
+        .expect("two runbooks");
+    for service in &scenario.spec.services {
+        let task = |template: &str| {
+            format!(
+                "  - id: {}\n    template: {template}\n",
+                task_id(&service.name)
+            )
+        };
+        let (out, back) = match service.kind {
+            TrafficKind::Stateless => ("shift-out", "shift-in"),
+            TrafficKind::Sticky => ("sticky-out", "sticky-in"),
+            TrafficKind::Replicated => ("replica-out", "replica-in"),
+            TrafficKind::Stateful => ("primary-out", "replica-in"),
+        };
+        assert!(
+            evacuate.contains(&task(out)),
+            "{} ({:?})",
+            service.name,
+            service.kind
+        );
+        assert!(
+            restore.contains(&task(back)),
+            "{} ({:?})",
+            service.name,
+            service.kind
+        );
+    }
+    assert!(
+        scenario.kinds().iter().all(|&n| n > 0),
+        "{:?}",
+        scenario.kinds()
+    );
+}
+
+/// The hand-written runbooks of `examples/demo/evacuate.yaml` (what `levee apply` and the
+/// demo drain tests use) evacuate and restore the small fleet, either datacenter, with the
+/// stage of each kind: db's primary is promoted away first, whichever side is drained.
+#[test]
+fn the_hand_written_runbooks_evacuate_and_restore_either_datacenter() {
+    for dc in ["east", "west"] {
+        // The runbooks pass no pace: the templates' defaults, a live demo's.
+        let scenario = Scenario::hand_written(dc, &Pace::live()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let rehearsal = rehearse_blocking(
+            &scenario,
+            dir.path().join("rehearsal.db"),
+            START_MS,
+            &mut |_| {},
+        )
+        .unwrap();
+        for run in &rehearsal.runs {
+            assert!(
+                run.succeeded(),
+                "{dc}: {} ended {}: {:?}",
+                run.runbook,
+                run.view.status,
+                run.view
+                    .tasks
+                    .iter()
+                    .filter(|t| t.reason.is_some())
+                    .map(|t| (&t.id, &t.reason))
+                    .collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(rehearsal.runs.len(), 2, "{dc}");
+    }
+}

@@ -237,6 +237,22 @@ impl TrafficBackend for Haproxy {
         self.change(&format!("set server {target} state {state}"))
             .await
     }
+
+    /// HAProxy ends a server's sessions only all at once (`shutdown sessions server`).
+    async fn end_sessions(&self, target: &str, fraction: f64) -> Result<u64, String> {
+        split_target(target)?;
+        if fraction < 1.0 {
+            return Err(format!(
+                "HAProxy ends a server's sessions only all at once, not {:.0}% of them; give a \
+                 `restart` command to tear them down in batches",
+                fraction * 100.0
+            ));
+        }
+        let open = self.status(target).await?.sessions;
+        self.change(&format!("shutdown sessions server {target}"))
+            .await?;
+        Ok(open)
+    }
 }
 
 #[cfg(test)]

@@ -17,9 +17,18 @@
 //! | `shell` | `command: [program, arg, ...]` (required), `env: {K: V}`, `cwd`, `timeout` (30s) | no |
 //! | `http`  | `method` (GET), `url` (required), `body`, `headers`, `expect_status` (2xx), `timeout` (10s) | GET, HEAD, PUT, DELETE, OPTIONS |
 //! | `wait`  | `duration`, or `until` (a check as in `pre`), `every` (5s), `deadline` (1h) | yes |
-//! | `traffic_shift` | `haproxy` (socket), `servers: [BACKEND/SERVER]`, `to_weight`, `from_weight`, `step`, `first_step`, `wait`, `ready_first`, `then_maint`, `drain_timeout` | yes |
+//! | `traffic_shift` | `haproxy` (socket) or `backend`, `servers: [BACKEND/SERVER]`, `to_weight`, `from_weight`, `step`, `first_step`, `wait`, `ready_first`, `then_maint`, `drain_timeout`; closed loop: `health_query`, `health_below`, `slow_at`, `grow`, `max_step`, `breach_hold`; `budget`, `budget_limit` | yes |
+//! | `sticky_drain` | `haproxy`/`backend`, `servers`, `sessions_below`, `session_timeout`, `restart` (hook), `batches`, `wait`, `step`, `first_step`, `restore`, `to_weight`, `hook_timeout`, `idempotent`, closed loop and budget as `traffic_shift` | yes, or as `idempotent` says with `restart` |
+//! | `replication` | `haproxy`/`backend`, `servers`, `direction` (`drain`/`restore`), `stop`/`start` (hooks), `bandwidth_mbps`, `lag_query`, `lag_below`, `catchup_timeout`, `to_weight`, `step`, `first_step`, `wait`, `hook_timeout`, `idempotent`, closed loop and budget | as `idempotent` says (yes) |
+//! | `promote_primary` | `haproxy`/`backend`, `promote`, `promote_hook`, `verify` (a check), `verify_timeout`, `ready_first`, `to_weight`, `away_from`, `then_maint`, `drain_timeout`, `step`, `first_step`, `wait`, `hook_timeout`, `idempotent`, closed loop and budget | yes, or as `idempotent` says with a hook |
 //! | `ramp`  | `command`, `from`, `to`, `step`, `first_step`, `wait`, `env`, `timeout`, `idempotent` | if it says so |
 //! | `log`   | `message` (required) | yes |
+//!
+//! The four traffic stages are Maelstrom's four kinds of traffic: `traffic_shift` (stateless;
+//! optionally a closed loop on a health metric, see [`traffic`](TrafficShiftStage)),
+//! `sticky_drain`, `replication` and `promote_primary`. They share [`TrafficKit`]: the named
+//! backends, the registry's metric source and its network budgets. Hooks (`restart`, `stop`,
+//! `start`, `promote_hook`) are a command (argv, no shell) or an `http://` URL to POST to.
 //!
 //! `ramp` is the generic paced stage: it moves a value from `from` to `to` in steps (the first
 //! one `first_step`, then `step`, each a number or a percentage of the whole span), running
@@ -54,13 +63,21 @@ mod args;
 mod check;
 mod context;
 mod haproxy;
+mod hook;
 mod http;
+#[cfg(test)]
+mod kinds_tests;
 mod log;
 mod process;
 mod prometheus;
+mod promote;
 mod ramp;
 mod registry;
+mod replication;
 mod shell;
+mod sticky;
+#[cfg(test)]
+mod testing;
 mod traffic;
 mod wait;
 
@@ -81,6 +98,7 @@ pub use haproxy::{
     HAPROXY_COMMAND_TIMEOUT_MS, Haproxy, HaproxySocket, MAX_HAPROXY_ANSWER_BYTES,
     MAX_HAPROXY_WEIGHT,
 };
+pub use hook::{DEFAULT_HOOK_TIMEOUT_MS, MAX_HOOK_TIMEOUT_MS};
 pub use http::{
     DEFAULT_HTTP_TIMEOUT_MS, HttpStage, MAX_EXPECTED_STATUSES, MAX_HTTP_HEADERS,
     MAX_HTTP_REDIRECTS, MAX_HTTP_REQUEST_BODY_BYTES, MAX_HTTP_TIMEOUT_MS,
@@ -90,17 +108,27 @@ pub use process::{KILL_GRACE_MS, PIPE_DRAIN_AFTER_EXIT_MS};
 pub use prometheus::{
     MAX_PROMETHEUS_ANSWER_BYTES, PROMETHEUS_QUERY_TIMEOUT_MS, PrometheusSource, read_answer,
 };
+pub use promote::{DEFAULT_VERIFY_TIMEOUT_MS, PromotePrimaryStage, VERIFY_POLL_INTERVAL_MS};
 pub use ramp::{MAX_RAMP_STEPS, RampStage, ramp_values};
 pub use registry::{
     Execution, LintError, MAX_APPROVAL_EXPIRY_MS, MAX_APPROVERS, MAX_STATE_LIST, Registry,
     RegistryError, SERVER_CHECKS, SERVER_STAGES, ServerCheck, ServerStage,
 };
+pub use replication::{
+    DEFAULT_CATCHUP_TIMEOUT_MS, LAG_POLL_INTERVAL_MS, MAX_BANDWIDTH_MBPS, ReplicationStage,
+};
 pub use shell::{
     DEFAULT_SHELL_TIMEOUT_MS, MAX_COMMAND_ARGS, MAX_ENV_ENTRIES, MAX_SHELL_TIMEOUT_MS, ShellStage,
 };
+pub use sticky::{
+    DEFAULT_SESSION_TIMEOUT_MS, DEFAULT_TEARDOWN_BATCHES, MAX_TEARDOWN_BATCHES, StickyDrainStage,
+};
 pub use traffic::{
-    DEFAULT_DRAIN_TIMEOUT_MS, DRAIN_POLL_INTERVAL_MS, MAX_TRAFFIC_TARGETS, ServerStatus,
-    TrafficBackend, TrafficShiftStage,
+    BUDGET_GRANT_DELAY_MS, BudgetGuard, BudgetWait, Budgets, DEFAULT_DRAIN_TIMEOUT_MS,
+    DEFAULT_MAX_STEP_MULTIPLE, DEFAULT_SLOW_AT_FRACTION, DEFAULT_STEP_GROWTH_FACTOR,
+    DRAIN_POLL_INTERVAL_MS, HEALTH_HOLD_POLL_MS, MAX_BUDGET_LIMIT, MAX_STEP_GROWTH_FACTOR,
+    MAX_TRAFFIC_TARGETS, NEAR_LIMIT_WAIT_FACTOR, Replication, ServerStatus, TrafficBackend,
+    TrafficKit, TrafficShiftStage,
 };
 pub use wait::{
     CheckCall, DEFAULT_WAIT_DEADLINE_MS, DEFAULT_WAIT_EVERY_MS, MAX_WAIT_MS, MIN_WAIT_EVERY_MS,

@@ -11,9 +11,12 @@ use crate::args::{ArgError, ArgKind, ArgSpec, Args, Strictness, check_args};
 use crate::check::{Check, HttpCheck, MetricCheck, MetricSource, NoMetricSource, ShellCheck};
 use crate::http::HttpStage;
 use crate::log::LogStage;
+use crate::promote::PromotePrimaryStage;
 use crate::ramp::RampStage;
+use crate::replication::ReplicationStage;
 use crate::shell::ShellStage;
-use crate::traffic::TrafficShiftStage;
+use crate::sticky::StickyDrainStage;
+use crate::traffic::{Budgets, TrafficKit, TrafficShiftStage};
 use crate::wait::{MAX_WAIT_MS, WaitStage};
 
 /// The longest `expires` of an approval, in milliseconds (30 days).
@@ -295,8 +298,12 @@ pub enum RegistryError {
 pub struct Registry {
     stages: BTreeMap<&'static str, Arc<dyn Stage>>,
     checks: BTreeMap<&'static str, Arc<dyn Check>>,
-    /// Named traffic backends `traffic_shift` knows besides HAProxy.
+    /// Named traffic backends the traffic stages know besides HAProxy.
     traffic_backends: Vec<Arc<dyn crate::TrafficBackend>>,
+    /// Where metric checks and the traffic stages' closed loops read metrics.
+    metric_source: Arc<dyn MetricSource>,
+    /// The network budgets every traffic stage of this registry shares.
+    budgets: Arc<Budgets>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -331,18 +338,20 @@ impl Registry {
             stages: BTreeMap::new(),
             checks: BTreeMap::new(),
             traffic_backends: Vec::new(),
+            metric_source: source.clone(),
+            budgets: Arc::new(Budgets::default()),
         };
-        let stages: [Arc<dyn Stage>; 6] = [
+        let stages: [Arc<dyn Stage>; 5] = [
             Arc::new(ShellStage),
             Arc::new(HttpStage),
             Arc::new(WaitStage),
             Arc::new(LogStage),
             Arc::new(RampStage),
-            Arc::new(TrafficShiftStage::default()),
         ];
         for stage in stages {
             registry.stages.insert(stage.name(), stage);
         }
+        registry.install_traffic_stages();
         let checks: [Arc<dyn Check>; 3] = [
             Arc::new(HttpCheck),
             Arc::new(ShellCheck),
@@ -364,16 +373,32 @@ impl Registry {
         Ok(())
     }
 
-    /// Lets `traffic_shift` tasks name `backend` (`backend: sim`) besides HAProxy.
+    /// Lets the traffic stages' tasks name `backend` (`backend: sim`) besides HAProxy.
     pub fn add_traffic_backend(&mut self, backend: Arc<dyn crate::TrafficBackend>) {
         self.traffic_backends.push(backend);
-        let stage = self
-            .traffic_backends
-            .iter()
-            .fold(TrafficShiftStage::default(), |stage, backend| {
-                stage.with_backend(backend.clone())
-            });
-        self.stages.insert("traffic_shift", Arc::new(stage));
+        self.install_traffic_stages();
+    }
+
+    /// The backends, metric source and budgets the traffic stages share.
+    pub fn traffic_kit(&self) -> TrafficKit {
+        self.traffic_backends.iter().fold(
+            TrafficKit::new(self.metric_source.clone(), self.budgets.clone()),
+            |kit, backend| kit.with_backend(backend.clone()),
+        )
+    }
+
+    /// (Re)builds the traffic stages with the current backends; the budgets carry over.
+    fn install_traffic_stages(&mut self) {
+        let kit = self.traffic_kit();
+        let stages: [Arc<dyn Stage>; 4] = [
+            Arc::new(TrafficShiftStage::new(kit.clone())),
+            Arc::new(StickyDrainStage::new(kit.clone())),
+            Arc::new(ReplicationStage::new(kit.clone())),
+            Arc::new(PromotePrimaryStage::new(kit)),
+        ];
+        for stage in stages {
+            self.stages.insert(stage.name(), stage);
+        }
     }
 
     /// Adds a check.
@@ -587,9 +612,12 @@ mod tests {
                 "approval",
                 "http",
                 "log",
+                "promote_primary",
                 "ramp",
+                "replication",
                 "shell",
                 "state",
+                "sticky_drain",
                 "traffic_shift",
                 "wait"
             ]
