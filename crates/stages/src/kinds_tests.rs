@@ -335,7 +335,11 @@ async fn promote_primary_verifies_before_moving_traffic() {
 /// The complaint: "draining west moved the primary out of east for nothing".
 #[tokio::test(start_paused = true)]
 async fn a_primary_outside_the_drained_datacenter_stays_where_it_is() {
-    let backend = MemoryBackend::with(&[("db/east", 100, 0), ("db/west", 100, 0), ("db/central", 100, 0)]);
+    let backend = MemoryBackend::with(&[
+        ("db/east", 100, 0),
+        ("db/west", 100, 0),
+        ("db/central", 100, 0),
+    ]);
     let metrics = Arc::new(StaticMetrics::new());
     metrics.set("levee_sim_primary{service=\"db\",dc=\"central\"}", 0.0);
     metrics.set("levee_sim_primary{service=\"db\",dc=\"east\"}", 1.0);
@@ -347,7 +351,12 @@ async fn a_primary_outside_the_drained_datacenter_stays_where_it_is() {
     let output = ctx.output.clone();
     let outcome = stage.run(ctx, &args).await;
     assert!(outcome.is_success(), "{outcome:?}");
-    assert!(output.snapshot().text.contains("db/east is already primary; keeping it"));
+    assert!(
+        output
+            .snapshot()
+            .text
+            .contains("db/east is already primary; keeping it")
+    );
     assert!(!backend.server("db/central").primary);
     assert_eq!(backend.server("db/west").state, "maint");
 }
