@@ -403,8 +403,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
     Ok(outcome)
 }
 
-/// The demo in virtual time: the rehearsal, then (without `--exit`) a server on the same
-/// file, so the runs can be looked at in the UI and API.
+/// The demo in virtual time: the rehearsal and (without `--exit`) a real-time server on the
+/// same file, started first, so the runs can be watched in the UI and API while they run and
+/// looked at afterwards.
 async fn run_virtual(args: DemoArgs) -> anyhow::Result<u8> {
     let scenario = Scenario::generated(
         args.services as usize,
@@ -430,29 +431,44 @@ async fn run_virtual(args: DemoArgs) -> anyhow::Result<u8> {
                 })?,
         )
     };
+    // Without --exit a real-time server on the same file shows the rehearsal while it runs
+    // (the UI follows another process's writes to the store) and serves on afterwards.
+    let server = match listener {
+        None => None,
+        Some(listener) => {
+            let store = crate::serve::open_store(&args.database).await?;
+            let sim = SimHandle::on_tokio_clock(
+                Sim::new(scenario.spec.clone()).map_err(anyhow::Error::msg)?,
+            );
+            let options = AppOptions {
+                metric_source: Some(Arc::new(sim.clone())),
+                traffic_backends: vec![Arc::new(sim)],
+                ..AppOptions::default()
+            };
+            let app = App::open(store, Arc::new(SystemClock), options).await?;
+            let base = format!("http://{}", listener.local_addr()?);
+            println!();
+            println!("Levee is serving at {base}; watch the rehearsal there as it runs:");
+            println!("  UI:       {base}/ui/");
+            println!("  API:      {base}/api/v1/runs");
+            Some((
+                base,
+                tokio::spawn(levee_server::serve(listener, app, async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })),
+            ))
+        }
+    };
     println!();
-    let (outcome, scenario) = rehearse_and_print(scenario, &args.database).await?;
-    let Some(listener) = listener else {
+    let (outcome, _) = rehearse_and_print(scenario, &args.database).await?;
+    let Some((base, server)) = server else {
         return Ok(outcome);
     };
-    // The runs are over: the server only shows them, in real time.
-    let store = crate::serve::open_store(&args.database).await?;
-    let sim =
-        SimHandle::on_tokio_clock(Sim::new(scenario.spec.clone()).map_err(anyhow::Error::msg)?);
-    let options = AppOptions {
-        metric_source: Some(Arc::new(sim.clone())),
-        traffic_backends: vec![Arc::new(sim)],
-        ..AppOptions::default()
-    };
-    let app = App::open(store, Arc::new(SystemClock), options).await?;
-    let base = format!("http://{}", listener.local_addr()?);
+    println!();
     println!("Levee is serving the rehearsed runs at {base}; Ctrl-C to stop.");
-    println!("  API:      {base}/api/v1/runs");
     println!("  UI:       {base}/ui/");
-    levee_server::serve(listener, app, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    println!("  API:      {base}/api/v1/runs");
+    server.await??;
     Ok(outcome)
 }
 

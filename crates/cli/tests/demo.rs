@@ -67,3 +67,95 @@ fn demo(extra: &[&str]) -> String {
     assert!(dir.path().join("levee-demo.db").exists());
     stdout.into_owned()
 }
+
+/// The complaint: "the demo said to look at the UI only once everything had finished".
+/// Without `--exit` the server is up, and its address printed, before the rehearsal starts,
+/// and the API there lists the evacuation while it is running.
+#[test]
+fn without_exit_the_demo_serves_its_runs_while_they_run() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    /// How long the whole demo may take here before the test gives up.
+    const DEMO_DEADLINE_S: u64 = 600;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("LEVEE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run levee demo");
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let get = |base: &str, path: &str| -> String {
+        let address = base.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address).expect("connect to the demo");
+        write!(
+            stream,
+            "GET {path} HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    let deadline = Instant::now() + Duration::from_secs(DEMO_DEADLINE_S);
+    let mut printed = Vec::new();
+    let mut base = None;
+    let mut seen_running = false;
+    let mut finished = false;
+    while Instant::now() < deadline && !finished {
+        while let Ok(line) = lines.try_recv() {
+            if let Some(url) = line.trim().strip_prefix("UI:") {
+                if base.is_none() {
+                    assert!(
+                        !printed.iter().any(|l: &String| l.contains("Rehearsing")),
+                        "the address comes before the rehearsal:\n{}",
+                        printed.join("\n")
+                    );
+                    base = Some(url.trim().trim_end_matches("/ui/").to_string());
+                }
+            }
+            finished |= line.contains("Levee is serving the rehearsed runs");
+            printed.push(line);
+        }
+        if let (Some(base), false) = (&base, seen_running) {
+            let response = get(base, "/api/v1/runs?status=running");
+            assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+            seen_running = response.contains("\"runbook\":\"evacuate-fleet\"");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let printed = printed.join("\n");
+    let served_after = base
+        .as_deref()
+        .filter(|_| finished)
+        .map(|base| get(base, "/api/v1/runs?status=succeeded"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(finished, "the demo did not finish:\n{printed}");
+    assert!(
+        seen_running,
+        "the API never listed the evacuation while it ran:\n{printed}"
+    );
+    // After the rehearsal the same server serves on, with both runs finished.
+    let served_after = served_after.unwrap();
+    for runbook in ["evacuate-fleet", "restore-fleet"] {
+        assert!(
+            served_after.contains(&format!("\"runbook\":\"{runbook}\"")),
+            "{served_after}"
+        );
+    }
+}
