@@ -118,15 +118,15 @@ fn without_exit_the_demo_serves_its_runs_while_they_run() {
     let mut finished = false;
     while Instant::now() < deadline && !finished {
         while let Ok(line) = lines.try_recv() {
-            if let Some(url) = line.trim().strip_prefix("UI:") {
-                if base.is_none() {
-                    assert!(
-                        !printed.iter().any(|l: &String| l.contains("Rehearsing")),
-                        "the address comes before the rehearsal:\n{}",
-                        printed.join("\n")
-                    );
-                    base = Some(url.trim().trim_end_matches("/ui/").to_string());
-                }
+            if let Some(url) = line.trim().strip_prefix("UI:")
+                && base.is_none()
+            {
+                assert!(
+                    !printed.iter().any(|l: &String| l.contains("Rehearsing")),
+                    "the address comes before the rehearsal:\n{}",
+                    printed.join("\n")
+                );
+                base = Some(url.trim().trim_end_matches("/ui/").to_string());
             }
             finished |= line.contains("Levee is serving the rehearsed runs");
             printed.push(line);
