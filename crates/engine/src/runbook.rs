@@ -283,14 +283,19 @@ impl RunState {
                 .iter()
                 .map(|t| TaskRecord {
                     id: t.id.clone(),
-                    status: TaskStatus::Waiting,
+                    // A task whose `when` was false is skipped from the start.
+                    status: if t.skip.is_some() {
+                        TaskStatus::Skipped
+                    } else {
+                        TaskStatus::Waiting
+                    },
                     attempts: 0,
                     budget_from: 0,
                     step: 0,
                     step_state: serde_json::Value::Null,
                     pace: serde_json::Value::Null,
                     started_at_ms: None,
-                    finished_at_ms: None,
+                    finished_at_ms: t.skip.as_ref().map(|_| now_ms),
                     overridden_deps: Vec::new(),
                     skip_checks: CheckSkips::default(),
                 })

@@ -113,6 +113,10 @@ pub struct ResolvedTask {
     pub health: Vec<Check>,
     pub timeout_ms: Option<u64>,
     pub retries: RetryPolicy,
+    /// Run only when this renders `true` with the run's parameters; `false` skips the task
+    /// at the start. A template's steps carry their task's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
     /// Where the task (or template step) was written, for run-time errors.
     pub origin: Origin,
 }
@@ -220,6 +224,7 @@ struct Leaf {
     health: Vec<Check>,
     timeout_ms: Option<u64>,
     retries: RetryPolicy,
+    when: Option<String>,
     origin: Origin,
 }
 
@@ -500,6 +505,7 @@ impl<'a> Linker<'a> {
                             health: task.health.clone(),
                             timeout_ms: task.timeout_ms,
                             retries: task.retries.unwrap_or_default(),
+                            when: task.when.as_ref().map(|when| when.value.clone()),
                             origin: task.origin.clone(),
                         });
                     }
@@ -644,6 +650,7 @@ impl<'a> Linker<'a> {
                 health: task.health.clone(),
                 timeout_ms: step.timeout_ms.or(task.timeout_ms),
                 retries: step.retries.or(task.retries).unwrap_or_default(),
+                when: task.when.as_ref().map(|when| when.value.clone()),
                 origin: step.origin.clone(),
             });
         }
@@ -690,6 +697,7 @@ impl<'a> Linker<'a> {
                     after: leaf.after.iter().map(|i| base + i).collect(),
                     timeout_ms: leaf.timeout_ms,
                     retries: leaf.retries,
+                    when: leaf.when.as_deref().map(&mut text).transpose()?,
                     origin: leaf.origin.clone(),
                 })
             })();
@@ -906,6 +914,7 @@ fn flatten(runbook: &RunbookDef, expansion: &Expansion) -> ResolvedRunbook {
                 health: leaf.health.clone(),
                 timeout_ms: leaf.timeout_ms,
                 retries: leaf.retries,
+                when: leaf.when.clone(),
                 origin: leaf.origin.clone(),
             })
             .collect(),

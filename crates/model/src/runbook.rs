@@ -316,6 +316,9 @@ pub struct TaskDef {
     pub timeout_ms: Option<u64>,
     /// `None` when not written, so a template's steps can keep their own.
     pub retries: Option<RetryPolicy>,
+    /// Run only when this renders `true` at the start (`{{ params.NAME }}` placeholders);
+    /// `false` skips the task. `None`: always run.
+    pub when: Option<Located<String>>,
     /// Where the task's `id` was written.
     pub origin: Origin,
 }

@@ -340,6 +340,12 @@ pub(crate) struct TaskSpec {
     #[serde(default)]
     #[schemars(with = "Option<RetriesSpec>")]
     pub retries: Field<Spanned<RetriesSpec>>,
+    /// Run the task only when this is `true` once the run's parameters are filled in, such as
+    /// `"{{ params.storm }}"`. When it is `false` the task is skipped as the run starts and its
+    /// dependents go on without it; any other value refuses the run.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub when: Field<Spanned<String>>,
 }
 
 /// Retries: a count (`3`), or a mapping with the backoff.
@@ -1476,6 +1482,7 @@ impl Compiler<'_> {
         let health = self.checks(&spec.health, declared, "health");
         let timeout_ms = self.timeout(&spec.timeout);
         let retries = self.retries(&spec.retries);
+        let when = self.when(&spec.when, declared);
         let origin = self.origin(field(&spec.id).map_or(loc, |id| id.loc));
         Some(TaskDef {
             id: id?,
@@ -1489,8 +1496,31 @@ impl Compiler<'_> {
             health,
             timeout_ms,
             retries,
+            when,
             origin,
         })
+    }
+
+    /// A task's `when`: `true`, `false`, or text whose placeholders name `declared` parameters.
+    fn when(&self, when: &Field<Spanned<String>>, declared: &[String]) -> Option<Located<String>> {
+        let when = field(when)?;
+        match placeholder_names(&when.value) {
+            Ok(names_used) if names_used.is_empty() => {
+                if !matches!(when.value.trim(), "true" | "false") {
+                    self.reader.error(
+                        when.loc,
+                        "invalid-when",
+                        format!(
+                            "`when: {}` is neither `true`, `false` nor a placeholder; write \
+                             `when: \"{{{{ params.NAME }}}}\"` with a `bool` parameter.",
+                            abbreviate(&when.value)
+                        ),
+                    );
+                }
+            }
+            _ => self.check_placeholders(&when.value, when.loc, declared, RUNBOOK_KIND),
+        }
+        Some(self.located(when))
     }
 
     fn include(

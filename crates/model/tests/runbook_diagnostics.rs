@@ -130,6 +130,21 @@ tasks:
     with: { message: d }
     needs: [d]
 ")],
+    when_that_is_not_a_condition => [("storm.yaml", "\
+kind: Runbook
+name: storm
+params:
+  storm: { type: bool, default: false }
+tasks:
+  - id: cut-off
+    stage: log
+    when: maybe
+    with: { message: cut }
+  - id: stop-replication
+    stage: log
+    when: \"{{ params.strom }}\"
+    with: { message: stop }
+")],
     drain_without_recovery => [("drain.yaml", "\
 kind: Runbook
 name: drain-web

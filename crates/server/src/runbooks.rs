@@ -226,6 +226,10 @@ pub struct PlannedTask {
     /// Each pre-condition evaluated now, without running anything (a dry run of the gate).
     #[serde(default)]
     pub pre_now: Vec<CheckNow>,
+    /// Why the task will not run (its `when` is false with these parameters); absent when
+    /// it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip: Option<String>,
 }
 
 /// A check evaluated now, for a plan.
@@ -563,12 +567,12 @@ impl App {
             })?;
             rendered.push(with);
         }
-        let plan_tasks: Vec<PlanTask> = runbook
-            .tasks
-            .iter()
-            .zip(&rendered)
-            .map(|(task, with)| self.plan_task(task, with))
-            .collect();
+        let mut plan_tasks: Vec<PlanTask> = Vec::with_capacity(runbook.tasks.len());
+        for (task, with) in runbook.tasks.iter().zip(&rendered) {
+            let mut planned = self.plan_task(task, with);
+            planned.skip = skip_reason(task, &bound)?;
+            plan_tasks.push(planned);
+        }
         let plan = RunPlan::new(plan_tasks).map_err(|error| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -613,8 +617,14 @@ impl App {
             .tasks
             .iter()
             .zip(&rendered)
-            .map(|(task, with)| {
+            .zip(plan.tasks())
+            .map(|((task, with), planned)| {
                 let prediction = match history.get_mut(&task.id) {
+                    // Skipped from the start: it takes no time.
+                    _ if planned.skip.is_some() => Prediction {
+                        duration_ms: 0,
+                        source: PREDICTION_SOURCE_ESTIMATE.to_string(),
+                    },
                     Some(past) if !past.is_empty() => {
                         past.sort_unstable();
                         from_history += 1;
@@ -680,6 +690,7 @@ impl App {
                 wave: wave_of.get(task.id.as_str()).copied().unwrap_or(0),
                 predicted: predicted[task.id.as_str()].clone(),
                 pre_now: pre_now.get(&task.id).cloned().unwrap_or_default(),
+                skip: planned.skip.clone(),
             })
             .collect();
         Ok(PlanView {
@@ -743,7 +754,8 @@ impl App {
         by_task
     }
 
-    /// The engine's view of one task, with its arguments rendered.
+    /// The engine's view of one task, with its arguments rendered (`skip` is left to the
+    /// caller, which knows the run's parameters).
     pub(crate) fn plan_task(&self, task: &ResolvedTask, with: &Value) -> PlanTask {
         let count = |checks: &[levee_model::Check]| u32::try_from(checks.len()).unwrap_or(u32::MAX);
         let retries = engine::RetryPolicy {
@@ -777,6 +789,34 @@ impl App {
                 health: count(&task.health),
             },
             steps: None,
+            skip: None,
         }
+    }
+}
+
+/// Why `task` is skipped from the start: its `when`, rendered with `bound`, is `false`.
+/// `None` when it runs; a 422 when `when` gives anything but `true` or `false`.
+fn skip_reason(
+    task: &ResolvedTask,
+    bound: &levee_model::BoundParams,
+) -> Result<Option<String>, ApiError> {
+    let Some(when) = &task.when else {
+        return Ok(None);
+    };
+    let invalid = |reason: String| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_params",
+            format!("task `{}` ({}): {reason}", task.id, task.origin),
+        )
+    };
+    let rendered = levee_model::render_text(when, bound).map_err(invalid)?;
+    match rendered.trim() {
+        "true" => Ok(None),
+        "false" => Ok(Some(format!("not run: `when: {when}` is false"))),
+        other => Err(invalid(format!(
+            "`when: {when}` gives `{other}`; it must give `true` or `false` (declare the \
+             parameter with `type: bool`)"
+        ))),
     }
 }

@@ -272,6 +272,102 @@ async fn bad_parameters_and_unknown_runbooks_are_refused_before_anything_runs() 
     assert!(listed["runs"].as_array().unwrap().is_empty());
 }
 
+const WHEN_YAML: &str = "\
+kind: Runbook
+name: drain-maybe-storm
+params:
+  storm: { type: bool, default: false }
+  mode: { type: string, default: \"true\" }
+tasks:
+  - id: drain
+    stage: log
+    with: { message: drained }
+  - id: cut-off
+    stage: shell
+    needs: [drain]
+    when: \"{{ params.storm }}\"
+    with: { command: [sh, -c, \"echo cut off\"] }
+  - id: report
+    stage: log
+    needs: [cut-off]
+    when: \"{{ params.mode }}\"
+    with: { message: reported }
+";
+
+/// The complaint: "a storm drain test needs a second copy of the runbook just to add the
+/// storm's tasks". A task's `when` skips it from the start when false, and its dependents go
+/// on; anything but true or false refuses the run before anything runs.
+#[tokio::test]
+async fn a_task_whose_when_is_false_is_skipped_and_its_dependents_go_on() {
+    let server = start().await;
+    server.apply("when.yaml", WHEN_YAML).await;
+    // The plan says so beforehand, and predicts no time for it.
+    let plan = server
+        .send(
+            Method::POST,
+            "/api/v1/runbooks/drain-maybe-storm/plan",
+            None,
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(plan.status, StatusCode::OK, "{}", plan.body);
+    let plan = plan.json();
+    let cut_off = plan["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "cut-off")
+        .unwrap();
+    assert!(
+        cut_off["skip"].as_str().unwrap().contains("is false"),
+        "{plan}"
+    );
+    assert_eq!(cut_off["predicted"]["duration_ms"], 0, "{plan}");
+
+    let calm = start_run(&server, "drain-maybe-storm", json!({})).await;
+    let calm = wait_for_status(&server, calm["id"].as_str().unwrap(), "succeeded").await;
+    assert_eq!(task(&calm, "cut-off")["status"], "skipped", "{calm}");
+    assert_eq!(task(&calm, "report")["status"], "succeeded", "{calm}");
+    assert_eq!(calm["counts"]["skipped"], 1, "{calm}");
+
+    let storm = start_run(
+        &server,
+        "drain-maybe-storm",
+        json!({ "params": { "storm": "true" } }),
+    )
+    .await;
+    let storm_id = storm["id"].as_str().unwrap().to_string();
+    let storm = wait_for_status(&server, &storm_id, "succeeded").await;
+    assert_eq!(task(&storm, "cut-off")["status"], "succeeded", "{storm}");
+    let output = server
+        .get(&format!("/api/v1/runs/{storm_id}/tasks/cut-off/output"))
+        .await
+        .json();
+    assert_eq!(output["outputs"][0]["text"], "cut off\n");
+
+    let refused = server
+        .send(
+            Method::POST,
+            "/api/v1/runbooks/drain-maybe-storm/runs",
+            None,
+            Some(&json!({ "params": { "mode": "maybe" } })),
+        )
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused.body.contains("task `report`") && refused.body.contains("gives `maybe`"),
+        "{}",
+        refused.body
+    );
+    let listed = server.get("/api/v1/runs").await.json();
+    assert_eq!(listed["runs"].as_array().unwrap().len(), 2);
+}
+
 /// A health check on a file's existence: failing until the test creates the file.
 fn gated_yaml(flag: &std::path::Path) -> String {
     format!(

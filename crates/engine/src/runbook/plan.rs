@@ -129,6 +129,10 @@ pub struct PlanTask {
     pub checks: CheckCounts,
     /// Number of steps of a paced stage, if known when planning.
     pub steps: Option<u32>,
+    /// Why the task does not run at all (its `when` was false at the start): it starts
+    /// skipped, and its dependents go on as after an operator's skip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip: Option<String>,
 }
 
 impl PlanTask {
@@ -144,7 +148,13 @@ impl PlanTask {
             timeout_ms: None,
             checks: CheckCounts::default(),
             steps: None,
+            skip: None,
         }
+    }
+
+    pub fn skipped(mut self, reason: impl Into<String>) -> PlanTask {
+        self.skip = Some(reason.into());
+        self
     }
 
     pub fn needs(mut self, deps: &[&str]) -> PlanTask {
