@@ -100,6 +100,9 @@ pub struct Scenario {
     pub runbooks: [String; 2],
     /// Runbook parameters: `dc`, `wait`, `drain_timeout`.
     pub params: BTreeMap<String, String>,
+    /// Parameters only the evacuation gets, as a drain test passes `storm=true` only to its
+    /// drain runbook.
+    pub evacuate_params: BTreeMap<String, String>,
 }
 
 impl Scenario {
@@ -134,6 +137,7 @@ impl Scenario {
             runbooks_yaml,
             runbooks: [EVACUATE_RUNBOOK.to_string(), RESTORE_RUNBOOK.to_string()],
             params,
+            evacuate_params: BTreeMap::new(),
         })
     }
 
@@ -168,6 +172,7 @@ impl Scenario {
             runbooks_yaml: String::new(),
             runbooks: ["evacuate-dc".to_string(), "restore-dc".to_string()],
             params: BTreeMap::from([("dc".to_string(), dc.to_string())]),
+            evacuate_params: BTreeMap::new(),
         })
     }
 
@@ -405,8 +410,12 @@ pub async fn rehearse(
             .await
             .context("storing the generated runbooks")?;
         let mut results = Vec::new();
-        for runbook in &scenario.runbooks {
-            let result = run_one(&client, &app, runbook, &scenario.params, progress).await?;
+        for (i, runbook) in scenario.runbooks.iter().enumerate() {
+            let mut params = scenario.params.clone();
+            if i == 0 {
+                params.extend(scenario.evacuate_params.clone());
+            }
+            let result = run_one(&client, &app, runbook, &params, progress).await?;
             let ok = result.succeeded();
             results.push(result);
             if !ok {

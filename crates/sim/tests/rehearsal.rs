@@ -178,3 +178,61 @@ fn the_hand_written_runbooks_evacuate_and_restore_either_datacenter() {
         assert_eq!(rehearsal.runs.len(), 2, "{dc}");
     }
 }
+
+/// The complaint: "our storm test only logged that it would cut the datacenter off". With
+/// `storm=true` (what a `storm: true` DrainTest passes), evacuate-dc's storm-only tasks run:
+/// db's replication into the drained datacenter stops and the datacenter is held cut off for
+/// `storm_hold` while every service's errors stay low; the restore then starts replication
+/// again (throttled) and brings everything back. Without it they are skipped.
+#[test]
+fn a_storm_evacuation_also_stops_replication_and_holds_the_datacenter_cut_off() {
+    for storm in [true, false] {
+        let mut scenario = Scenario::hand_written("west", &Pace::live()).unwrap();
+        scenario
+            .evacuate_params
+            .insert("storm".to_string(), storm.to_string());
+        scenario
+            .evacuate_params
+            .insert("storm_hold".to_string(), "15m".to_string());
+        let dir = tempfile::tempdir().unwrap();
+        let rehearsal = rehearse_blocking(
+            &scenario,
+            dir.path().join("rehearsal.db"),
+            START_MS,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(rehearsal.runs.len(), 2, "storm={storm}");
+        for run in &rehearsal.runs {
+            assert!(
+                run.succeeded(),
+                "storm={storm}: {} ended {}",
+                run.runbook,
+                run.view.status
+            );
+        }
+        let evacuation = &rehearsal.runs[0].view;
+        let task = |id: &str| {
+            evacuation
+                .tasks
+                .iter()
+                .find(|t| t.id == id)
+                .unwrap_or_else(|| panic!("no task {id}"))
+        };
+        let expected = if storm { "succeeded" } else { "skipped" };
+        assert_eq!(task("db-replication/shift").status, expected);
+        assert_eq!(task("cut-off").status, expected);
+        let cut_off = task("cut-off");
+        if storm {
+            let held = cut_off.finished_at_ms.unwrap() - cut_off.started_at_ms.unwrap();
+            assert!(held >= 15 * 60_000, "held {held} ms");
+            // Replication stopped only after db's primary had left.
+            assert!(
+                task("db-replication/shift").started_at_ms.unwrap()
+                    >= task("db/shift").finished_at_ms.unwrap()
+            );
+        } else {
+            assert!(cut_off.started_at_ms.is_none());
+        }
+    }
+}
