@@ -327,6 +327,12 @@ async fn a_task_whose_when_is_false_is_skipped_and_its_dependents_go_on() {
     let calm = start_run(&server, "drain-maybe-storm", json!({})).await;
     let calm = wait_for_status(&server, calm["id"].as_str().unwrap(), "succeeded").await;
     assert_eq!(task(&calm, "cut-off")["status"], "skipped", "{calm}");
+    assert!(
+        task(&calm, "cut-off")["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("`when: {{ params.storm }}` is false")),
+        "{calm}"
+    );
     assert_eq!(task(&calm, "report")["status"], "succeeded", "{calm}");
     assert_eq!(calm["counts"]["skipped"], 1, "{calm}");
 

@@ -346,6 +346,26 @@ fn a_skipped_dependency_counts_as_done() {
 }
 
 #[test]
+fn a_task_planned_skipped_never_starts_and_its_dependents_go_on() {
+    let mut run = Run::new(vec![
+        task("a").skipped("not run: `when: false` is false"),
+        task("b").needs(&["a"]),
+        task("c").skipped("not run"),
+    ]);
+    assert_eq!(run.status("a"), &TaskStatus::Skipped);
+    let actions = run.start();
+    assert_eq!(started(&actions), vec!["b"]);
+    run.succeed("b");
+    assert_eq!(run.status("c"), &TaskStatus::Skipped);
+    assert_eq!(run.state.run.status, RunStatus::Succeeded);
+    // With nothing left to run, the run ends as it starts.
+    let mut run = Run::new(vec![task("only").skipped("not run")]);
+    let actions = run.start();
+    assert!(started(&actions).is_empty());
+    assert_eq!(run.state.run.status, RunStatus::Succeeded);
+}
+
+#[test]
 fn a_failed_weak_dep_blocks_until_an_operator_overrides_it() {
     let mut run = Run::new(vec![task("a"), task("b").after(&["a"]), task("c")]);
     run.start();

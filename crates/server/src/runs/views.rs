@@ -46,7 +46,7 @@ pub struct TaskView {
     pub after: Vec<String>,
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: Option<i64>,
-    /// Why a task failed, stalled or waits to retry.
+    /// Why a task failed, stalled, waits to retry, or was skipped by its `when`.
     pub reason: Option<String>,
     /// For a stalled task: `pre`, `post` or `health` (a failed check an operator may
     /// override), `in_flight_at_restart`, or `timed_out`.
@@ -139,6 +139,8 @@ impl RunView {
                         ..
                     } => (Some(error.clone()), None, Some(*not_before_ms), None),
                     TaskStatus::Running { in_flight, .. } => (None, None, None, Some(*in_flight)),
+                    // Skipped from the start by its `when`, not by an operator.
+                    TaskStatus::Skipped => (task.plan.skip.clone(), None, None, None),
                     _ => (None, None, None, None),
                 };
                 TaskView {
