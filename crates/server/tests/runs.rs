@@ -1182,3 +1182,47 @@ tasks:
         "{reason}"
     );
 }
+
+/// The complaint: "after a kill -9, /api/v1/replicas still listed the dead replica as if it
+/// were there". A replica not heard from within a lease time is listed with `alive: false`
+/// (until it drops out of the list a few lease times later); the live ones are `alive`.
+#[tokio::test]
+async fn replicas_not_heard_from_within_a_lease_time_are_listed_as_not_alive() {
+    let server = common::start_with(common::Options::default()).await;
+    let ttl_ms = i64::try_from(server.app.replica.lease_ttl_ms).unwrap();
+    let now = server.app.now_ms();
+    server.app.lease_round().await;
+    server
+        .app
+        .store
+        .heartbeat(
+            "ghost",
+            "http://127.0.0.1:9",
+            now - 5 * ttl_ms,
+            now - 2 * ttl_ms,
+        )
+        .await
+        .unwrap();
+    server
+        .app
+        .store
+        .heartbeat(
+            "long-gone",
+            "http://127.0.0.1:8",
+            now - 9 * ttl_ms,
+            now - 8 * ttl_ms,
+        )
+        .await
+        .unwrap();
+    let listed = server.get("/api/v1/replicas").await.json();
+    let replicas = listed["replicas"].as_array().unwrap();
+    let by_id = |id: &str| replicas.iter().find(|r| r["id"] == id);
+    let this = replicas.iter().find(|r| r["this"] == true).expect("itself");
+    assert_eq!(this["alive"], true, "{listed}");
+    assert_eq!(
+        by_id("ghost").expect("ghost listed")["alive"],
+        false,
+        "{listed}"
+    );
+    assert!(by_id("long-gone").is_none(), "{listed}");
+}

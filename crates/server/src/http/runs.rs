@@ -55,6 +55,9 @@ pub struct ReplicaView {
     pub address: String,
     pub started_at_ms: i64,
     pub seen_at_ms: i64,
+    /// Heard from within the last lease time (replicas heartbeat several times per lease
+    /// time). One that died stays listed, not alive, for a few lease times.
+    pub alive: bool,
     /// Whether this is the replica that answered.
     pub this: bool,
     /// The active runs it holds, with the epoch and expiry of each lease.
@@ -80,9 +83,9 @@ pub async fn list_replicas(
     let window = replica
         .lease_ttl_ms
         .saturating_mul(crate::replica::REPLICA_SEEN_WITHIN_TTLS);
-    let since = app
-        .now_ms()
-        .saturating_sub(i64::try_from(window).unwrap_or(i64::MAX));
+    let now = app.now_ms();
+    let since = now.saturating_sub(i64::try_from(window).unwrap_or(i64::MAX));
+    let alive_since = now.saturating_sub(i64::try_from(replica.lease_ttl_ms).unwrap_or(i64::MAX));
     let replicas = app
         .store
         .replicas(since)
@@ -93,6 +96,7 @@ pub async fn list_replicas(
             id: r.id,
             address: r.address,
             started_at_ms: r.started_at_ms,
+            alive: r.seen_at_ms >= alive_since,
             seen_at_ms: r.seen_at_ms,
             leases: r.leases,
         })
