@@ -57,6 +57,19 @@ pub struct DemoArgs {
     /// virtual time at a production pace.
     #[arg(long)]
     pub real_time: bool,
+    /// A storm test: after the evacuation, also stop every stateful service's replication
+    /// into the datacenter and hold it cut off for `--storm-hold` while every service's
+    /// errors must stay low (in virtual time only).
+    #[arg(long, conflicts_with = "real_time")]
+    pub storm: bool,
+    /// How long a storm test holds the datacenter cut off.
+    #[arg(
+        long,
+        default_value = "30m",
+        value_name = "DURATION",
+        requires = "storm"
+    )]
+    pub storm_hold: String,
 }
 
 /// `levee sim ...`: the simulated fleet.
@@ -162,7 +175,16 @@ async fn rehearse_and_print(scenario: Scenario, database: &str) -> anyhow::Resul
          virtual time:"
     );
     for runbook in [EVACUATE_RUNBOOK, RESTORE_RUNBOOK] {
-        println!("  {runbook}: levee run {runbook} -p dc={dc} --wait (in virtual time)");
+        let extra: String = if runbook == EVACUATE_RUNBOOK {
+            scenario
+                .evacuate_params
+                .iter()
+                .map(|(param, value)| format!(" -p {param}={value}"))
+                .collect()
+        } else {
+            String::new()
+        };
+        println!("  {runbook}: levee run {runbook} -p dc={dc}{extra} --wait (in virtual time)");
     }
     let start_ms = jiff::Timestamp::now().as_millisecond();
     let (scenario, rehearsal) = tokio::task::spawn_blocking(move || {
@@ -230,9 +252,14 @@ async fn rehearse_and_print(scenario: Scenario, database: &str) -> anyhow::Resul
 fn print_phases(phases: &[(String, i64)]) {
     if !phases.is_empty() {
         println!("Time per phase");
+        let width = phases
+            .iter()
+            .map(|(phase, _)| phase.len())
+            .max()
+            .unwrap_or(0);
         for (phase, ms) in phases {
             println!(
-                "  {phase:<48} {:>10}",
+                "  {phase:<width$} {:>10}",
                 crate::runs::human_s(u64::try_from(*ms).unwrap_or(0))
             );
         }
@@ -261,7 +288,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
     let (spec, edges) = SimSpec::generated(args.services as usize, &DEMO_DATACENTERS, DEMO_SEED);
     let plan = deps::plan_drain(&edges, &[]).map_err(anyhow::Error::msg)?;
     // The same runbooks as the rehearsal: each service's kind of traffic picks its stage.
-    let generated = levee_sim::rehearsal::generated_runbooks(&spec, &plan);
+    let generated = levee_sim::rehearsal::generated_runbooks(&spec, &plan, None);
     let kinds = spec.services.iter().fold([0_usize; 4], |mut n, s| {
         n[s.kind as usize] += 1;
         n
@@ -407,13 +434,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
 /// same file, started first, so the runs can be watched in the UI and API while they run and
 /// looked at afterwards.
 async fn run_virtual(args: DemoArgs) -> anyhow::Result<u8> {
-    let scenario = Scenario::generated(
+    let mut scenario = Scenario::generated(
         args.services as usize,
         &DEMO_DATACENTERS,
         &args.dc,
         DEMO_SEED,
         &Pace::production(),
     )?;
+    if args.storm {
+        scenario.storm(&args.storm_hold);
+    }
     print_fleet(&scenario, &args.database);
     // Bind first: a taken address is better found before the rehearsal than after it.
     let listener = if args.exit {

@@ -406,7 +406,27 @@ pub struct RunbookOptions<'a> {
     /// The template of each service whose traffic is moved otherwise than by the default
     /// template (by its kind: `sticky-out`, `replica-in`, ...).
     pub templates: BTreeMap<String, String>,
+    /// An evacuation's storm-only tasks, for a storm drain test; `None`: none.
+    pub storm: Option<StormOptions<'a>>,
 }
+
+/// The tasks an evacuation runs only in a storm test (`storm=true`, which a `storm: true`
+/// DrainTest passes): each has `when: "{{ params.storm }}"`, so an ordinary drain skips them.
+#[derive(Clone, Debug, Default)]
+pub struct StormOptions<'a> {
+    /// `(service, template)`: the template runs again, as task `storm-ID`, after the
+    /// service's own task; a stateful service's `replica-out` stops replicating into the
+    /// datacenter its primary has left.
+    pub tasks: BTreeMap<String, String>,
+    /// The default of `storm_hold`: how long task `storm-hold` keeps the evacuated datacenter
+    /// cut off, after every other task, such as `30m`.
+    pub hold: &'a str,
+    /// `(QUERY, BELOW)`: the health gate of the hold, over every service at once.
+    pub health: (&'a str, f64),
+}
+
+/// The id of the storm-only hold task of a generated evacuation.
+pub const STORM_HOLD_TASK: &str = "storm-hold";
 
 /// [`runbook_yaml`] with [`RunbookOptions`].
 pub fn runbook_yaml_with(
@@ -452,6 +472,18 @@ pub fn runbook_yaml_with(
     for (param, default) in &options.pass_params {
         out.push_str(&format!("  {param}: {{ default: \"{default}\" }}\n"));
     }
+    let storm = options
+        .storm
+        .as_ref()
+        .filter(|_| direction == Direction::Evacuate);
+    if let Some(storm) = storm {
+        out.push_str(&format!(
+            "  storm: {{ type: bool, default: false, description: \"A storm test: also stop \
+             replication into the datacenter and hold it cut off.\" }}\n  storm_hold: {{ type: \
+             duration, default: \"{}\" }}\n",
+            storm.hold
+        ));
+    }
     out.push_str("max_parallel: 64\ntasks:\n");
     let passed: String = options
         .pass_params
@@ -482,6 +514,47 @@ pub fn runbook_yaml_with(
             ));
         }
     }
+    if let Some(storm) = storm {
+        out.push_str(&storm_tasks(storm, &needs, &passed));
+    }
+    out
+}
+
+/// The storm-only tasks of an evacuation whose service tasks have these `needs`.
+fn storm_tasks(
+    storm: &StormOptions<'_>,
+    needs: &BTreeMap<&str, Vec<&str>>,
+    passed: &str,
+) -> String {
+    let mut out = String::new();
+    // The hold waits for every task nothing else waits for.
+    let needed: BTreeSet<&str> = needs.values().flatten().copied().collect();
+    let mut last: BTreeSet<String> = needs
+        .keys()
+        .filter(|service| !needed.contains(*service))
+        .map(|service| task_id(service))
+        .collect();
+    for (service, template) in &storm.tasks {
+        if !needs.contains_key(service.as_str()) {
+            continue;
+        }
+        let own = task_id(service);
+        let id = format!("storm-{own}");
+        out.push_str(&format!(
+            "  - id: {id}\n    template: {template}\n    needs: [{own}]\n    when: \
+             \"{{{{ params.storm }}}}\"\n    with: {{ service: \"{service}\", dc: \
+             \"{{{{ params.dc }}}}\"{passed} }}\n"
+        ));
+        last.remove(&own);
+        last.insert(id);
+    }
+    let (query, below) = storm.health;
+    out.push_str(&format!(
+        "  - id: {STORM_HOLD_TASK}\n    stage: wait\n    needs: [{}]\n    when: \
+         \"{{{{ params.storm }}}}\"\n    with: {{ duration: \"{{{{ params.storm_hold }}}}\" }}\n    \
+         health:\n      - metric: {{ query: '{query}', below: {below} }}\n",
+        last.into_iter().collect::<Vec<_>>().join(", ")
+    ));
     out
 }
 
@@ -572,6 +645,58 @@ mod tests {
         );
         assert!(kinds.contains("  - id: db\n    template: primary-out\n    needs: [auth]"));
         assert!(kinds.contains("  - id: auth\n    template: shift-out\n"));
+    }
+
+    #[test]
+    fn a_storm_evacuation_adds_storm_only_tasks_after_everything_else() {
+        let edges = vec![
+            edge("web", "auth", 100),
+            edge("auth", "db", 80),
+            edge("web", "search", 10),
+        ];
+        let plan = plan_drain(&edges, &[]).unwrap();
+        let options = RunbookOptions {
+            storm: Some(StormOptions {
+                tasks: BTreeMap::from([("db".to_string(), "replica-out".to_string())]),
+                hold: "30m",
+                health: ("max(errors)", 0.05),
+            }),
+            ..RunbookOptions::default()
+        };
+        let yaml = runbook_yaml_with(
+            &plan,
+            "evacuate",
+            "shift-out",
+            Direction::Evacuate,
+            &options,
+        );
+        assert!(
+            yaml.contains("  storm: { type: bool, default: false"),
+            "{yaml}"
+        );
+        assert!(
+            yaml.contains("  storm_hold: { type: duration, default: \"30m\" }"),
+            "{yaml}"
+        );
+        assert!(
+            yaml.contains(
+                "  - id: storm-db\n    template: replica-out\n    needs: [db]\n    when: \
+                 \"{{ params.storm }}\"\n"
+            ),
+            "{yaml}"
+        );
+        // The hold comes after what nothing else waits for: search, and db's storm task.
+        assert!(
+            yaml.contains(
+                "  - id: storm-hold\n    stage: wait\n    needs: [search, storm-db]\n    \
+                 when: \"{{ params.storm }}\"\n    with: { duration: \"{{ params.storm_hold }}\" }\n    \
+                 health:\n      - metric: { query: 'max(errors)', below: 0.05 }\n"
+            ),
+            "{yaml}"
+        );
+        // A restore has none.
+        let back = runbook_yaml_with(&plan, "restore", "shift-in", Direction::Restore, &options);
+        assert!(!back.contains("storm"), "{back}");
     }
 
     #[test]

@@ -124,7 +124,7 @@ impl Scenario {
         let (mut spec, edges) = SimSpec::generated(services, datacenters, seed);
         spec.session_decay_ms = pace.session_decay_ms;
         let plan = deps::plan_drain(&edges, &[]).map_err(anyhow::Error::msg)?;
-        let runbooks_yaml = generated_runbooks(&spec, &plan);
+        let runbooks_yaml = generated_runbooks(&spec, &plan, None);
         let params = BTreeMap::from([
             ("dc".to_string(), dc.to_string()),
             ("wait".to_string(), pace.wait.clone()),
@@ -174,6 +174,19 @@ impl Scenario {
             params: BTreeMap::from([("dc".to_string(), dc.to_string())]),
             evacuate_params: BTreeMap::new(),
         })
+    }
+
+    /// Makes the evacuation a storm test's: its runbooks get the storm-only tasks and the
+    /// evacuation `storm=true`, holding the datacenter cut off for `hold` (such as `30m`).
+    /// Only for generated fleets; the hand-written `evacuate-dc` has its own.
+    pub fn storm(&mut self, hold: &str) {
+        if !self.runbooks_yaml.is_empty() {
+            self.runbooks_yaml = generated_runbooks(&self.spec, &self.plan, Some(hold));
+        }
+        self.evacuate_params
+            .insert("storm".to_string(), "true".to_string());
+        self.evacuate_params
+            .insert("storm_hold".to_string(), hold.to_string());
     }
 
     /// The definitions to apply: the templates and the generated runbooks.
@@ -245,8 +258,23 @@ impl Scenario {
         if let Some(at) = finished(&self.plan.entry_points) {
             phases.push((format!("{runbook}: user-facing services"), at - started));
         }
-        if let Some(at) = view.finished_at_ms {
+        // Every service's own task, not the storm-only ones after them.
+        let services_done = view
+            .tasks
+            .iter()
+            .filter(|t| !t.id.starts_with("storm-"))
+            .map(|t| t.finished_at_ms)
+            .collect::<Option<Vec<i64>>>()
+            .and_then(|done| done.into_iter().max());
+        if let Some(at) = services_done {
             phases.push((format!("{runbook}: all services"), at - started));
+        }
+        let hold = view
+            .tasks
+            .iter()
+            .find(|t| t.id == deps::STORM_HOLD_TASK && t.status == "succeeded");
+        if let Some(at) = hold.and_then(|t| t.finished_at_ms) {
+            phases.push((format!("{runbook}: storm, held cut off"), at - started));
         }
         phases
     }
@@ -254,9 +282,33 @@ impl Scenario {
 
 /// The generated evacuation and restore runbooks of a fleet (one YAML stream): one task per
 /// service, callers drained first and restored last, each an instance of the template for
-/// its kind of traffic, gated on its error ratio, passing the pace on.
-pub fn generated_runbooks(spec: &SimSpec, plan: &deps::DrainPlan) -> String {
+/// its kind of traffic, gated on its error ratio, passing the pace on. With `storm_hold`
+/// the evacuation also has storm-only tasks ([`deps::StormOptions`]): every stateful
+/// service's replication into the datacenter stops, then the datacenter is held cut off for
+/// `storm_hold` (the default of its parameter) while no service's errors rise.
+pub fn generated_runbooks(
+    spec: &SimSpec,
+    plan: &deps::DrainPlan,
+    storm_hold: Option<&str>,
+) -> String {
     let live = Pace::live();
+    let storm = storm_hold.map(|hold| deps::StormOptions {
+        tasks: spec
+            .services
+            .iter()
+            .filter(|s| s.kind == TrafficKind::Stateful)
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    TrafficKind::Replicated
+                        .template(deps::Direction::Evacuate)
+                        .to_string(),
+                )
+            })
+            .collect(),
+        hold,
+        health: ("max(levee_sim_error_ratio)", ERROR_RATIO_LIMIT),
+    });
     let runbook = |name: &str, direction: deps::Direction| {
         let options = deps::RunbookOptions {
             health: Some(("levee_sim_error_ratio", ERROR_RATIO_LIMIT)),
@@ -265,6 +317,7 @@ pub fn generated_runbooks(spec: &SimSpec, plan: &deps::DrainPlan) -> String {
                 ("drain_timeout", live.drain_timeout.as_str()),
             ],
             templates: spec.templates(direction),
+            storm: storm.clone(),
         };
         let default = TrafficKind::Stateless.template(direction);
         deps::runbook_yaml_with(plan, name, default, direction, &options)
