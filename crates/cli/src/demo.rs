@@ -67,9 +67,18 @@ pub struct DemoArgs {
         long,
         default_value = "30m",
         value_name = "DURATION",
-        requires = "storm"
+        requires = "storm",
+        value_parser = storm_hold
     )]
     pub storm_hold: String,
+}
+
+/// `--storm-hold`: a duration longer than zero, kept as written for the runbook parameter.
+fn storm_hold(text: &str) -> Result<String, String> {
+    match levee_model::parse_duration_ms(text)? {
+        0 => Err("the hold must be longer than 0".to_string()),
+        _ => Ok(text.to_string()),
+    }
 }
 
 /// `levee sim ...`: the simulated fleet.

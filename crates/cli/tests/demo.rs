@@ -46,6 +46,14 @@ fn the_demo_as_a_storm_test_stops_replication_and_holds_the_datacenter_cut_off()
     let (finished, total) = done.trim_end_matches(" done").split_once('/').unwrap();
     let total: u32 = total.parse().unwrap();
     assert!(total > 100 && finished == total.to_string(), "{evacuation}");
+    // A hold that is not a duration is refused before anything runs.
+    let refused = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["demo", "--exit", "--storm", "--storm-hold", "banana"])
+        .output()
+        .expect("run levee demo");
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("`banana` is not a duration"), "{stderr}");
 }
 
 #[test]
