@@ -31,10 +31,11 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::Stage;
 use crate::args::{ArgError, ArgKind, ArgSpec, Args};
-use crate::context::{StageContext, StageOutcome, StageOutput};
+use crate::context::{StageContext, StageOutcome};
 use crate::hook::{DEFAULT_HOOK_TIMEOUT_MS, Hook, MAX_HOOK_TIMEOUT_MS, parse_hook, run_hook};
 use crate::ramp::{Amount, parse_pace};
 use crate::sticky::{commit, resumed, tag};
+use crate::traffic::finished;
 use crate::traffic::{
     BACKEND_ARG, BREACH_HOLD_ARG, BUDGET_ARG, BUDGET_LIMIT_ARG, BudgetArgs,
     DEFAULT_DRAIN_TIMEOUT_MS, FIRST_STEP_ARG, GROW_ARG, HAPROXY_ARG, HEALTH_BELOW_ARG,
@@ -316,23 +317,16 @@ impl Stage for PromotePrimaryStage {
             Ok(promote) => promote,
             Err(error) => return StageOutcome::invalid_args(error),
         };
-        let backend = match self.kit.backend(&promote.via) {
-            Ok(backend) => backend,
+        let (backend, _budget) = match self
+            .kit
+            .prepare(&ctx, &promote.via, promote.budget.as_ref())
+            .await
+        {
+            Ok(prepared) => prepared,
             Err(outcome) => return outcome,
         };
-        let _budget = match self.kit.hold_budget(&ctx, promote.budget.as_ref()).await {
-            Ok(guard) => guard,
-            Err(outcome) => return outcome,
-        };
-        match run(ctx.clone(), &promote, backend.as_ref(), &self.kit).await {
-            Ok(data) => StageOutcome::Succeeded {
-                output: StageOutput {
-                    captured: ctx.output.snapshot(),
-                    data,
-                },
-            },
-            Err(outcome) => outcome,
-        }
+        let outcome = run(ctx.clone(), &promote, backend.as_ref(), &self.kit).await;
+        finished(&ctx, outcome)
     }
 }
 

@@ -26,10 +26,11 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::Stage;
 use crate::args::{ArgError, ArgKind, ArgSpec, Args};
-use crate::context::{StageContext, StageOutcome, StageOutput};
+use crate::context::{StageContext, StageOutcome};
 use crate::hook::{DEFAULT_HOOK_TIMEOUT_MS, Hook, MAX_HOOK_TIMEOUT_MS, parse_hook, run_hook};
 use crate::ramp::{Amount, parse_pace};
 use crate::sticky::{commit, resumed, tag};
+use crate::traffic::finished;
 use crate::traffic::{
     BACKEND_ARG, BREACH_HOLD_ARG, BUDGET_ARG, BUDGET_LIMIT_ARG, BudgetArgs, FIRST_STEP_ARG,
     GROW_ARG, HAPROXY_ARG, HEALTH_BELOW_ARG, HEALTH_QUERY_ARG, HealthLoop, MAX_STEP_ARG,
@@ -325,28 +326,16 @@ impl Stage for ReplicationStage {
             Ok(replication) => replication,
             Err(error) => return StageOutcome::invalid_args(error),
         };
-        let backend = match self.kit.backend(&replication.via) {
-            Ok(backend) => backend,
-            Err(outcome) => return outcome,
-        };
-        let _budget = match self
+        let (backend, _budget) = match self
             .kit
-            .hold_budget(&ctx, replication.budget.as_ref())
+            .prepare(&ctx, &replication.via, replication.budget.as_ref())
             .await
         {
-            Ok(guard) => guard,
+            Ok(prepared) => prepared,
             Err(outcome) => return outcome,
         };
         let outcome = run(ctx.clone(), &replication, backend.as_ref(), &self.kit).await;
-        match outcome {
-            Ok(data) => StageOutcome::Succeeded {
-                output: StageOutput {
-                    captured: ctx.output.snapshot(),
-                    data,
-                },
-            },
-            Err(outcome) => outcome,
-        }
+        finished(&ctx, outcome)
     }
 }
 

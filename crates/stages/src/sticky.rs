@@ -37,8 +37,8 @@ use crate::traffic::{
     BACKEND_ARG, BREACH_HOLD_ARG, BUDGET_ARG, BUDGET_LIMIT_ARG, BudgetArgs, FIRST_STEP_ARG,
     GROW_ARG, HAPROXY_ARG, HEALTH_BELOW_ARG, HEALTH_QUERY_ARG, HealthLoop, MAX_STEP_ARG,
     SERVERS_ARG, SLOW_AT_ARG, STEP_ARG, TrafficBackend, TrafficKit, Via, WAIT_ARG, WeightMove,
-    failed, move_weights, open_sessions, parse_budget, parse_health, parse_steps, parse_targets,
-    parse_via, parse_wait, say, set_states, wait_for_sessions, weight,
+    failed, finished, move_weights, open_sessions, parse_budget, parse_health, parse_steps,
+    parse_targets, parse_via, parse_wait, say, set_states, wait_for_sessions, weight,
 };
 use crate::wait::MAX_WAIT_MS;
 
@@ -340,12 +340,12 @@ impl Stage for StickyDrainStage {
             Ok(sticky) => sticky,
             Err(error) => return StageOutcome::invalid_args(error),
         };
-        let backend = match self.kit.backend(&sticky.via) {
-            Ok(backend) => backend,
-            Err(outcome) => return outcome,
-        };
-        let _budget = match self.kit.hold_budget(&ctx, sticky.budget.as_ref()).await {
-            Ok(guard) => guard,
+        let (backend, _budget) = match self
+            .kit
+            .prepare(&ctx, &sticky.via, sticky.budget.as_ref())
+            .await
+        {
+            Ok(prepared) => prepared,
             Err(outcome) => return outcome,
         };
         let run = Run {
@@ -364,15 +364,7 @@ impl Stage for StickyDrainStage {
             }
             Mode::Restore { to } => run.restore(ctx.clone(), *to).await,
         };
-        match outcome {
-            Ok(data) => StageOutcome::Succeeded {
-                output: StageOutput {
-                    captured: ctx.output.snapshot(),
-                    data,
-                },
-            },
-            Err(outcome) => outcome,
-        }
+        finished(&ctx, outcome)
     }
 }
 

@@ -816,6 +816,19 @@ impl TrafficKit {
         }
     }
 
+    /// What every traffic stage does before its first step: the backend `via` names, and
+    /// the network budget, if any, held until the returned guard drops.
+    pub(crate) async fn prepare(
+        &self,
+        ctx: &StageContext,
+        via: &Via,
+        budget: Option<&BudgetArgs>,
+    ) -> Result<(Arc<dyn TrafficBackend>, Option<BudgetGuard>), StageOutcome> {
+        let backend = self.backend(via)?;
+        let guard = self.hold_budget(ctx, budget).await?;
+        Ok((backend, guard))
+    }
+
     /// Takes the budget, if any, saying so when it has to wait.
     pub(crate) async fn hold_budget(
         &self,
@@ -1457,12 +1470,12 @@ impl Stage for TrafficShiftStage {
             Ok(shift) => shift,
             Err(error) => return StageOutcome::invalid_args(error),
         };
-        let backend = match self.kit.backend(&shift.via) {
-            Ok(backend) => backend,
-            Err(outcome) => return outcome,
-        };
-        let _budget = match self.kit.hold_budget(&ctx, shift.budget.as_ref()).await {
-            Ok(guard) => guard,
+        let (backend, _budget) = match self
+            .kit
+            .prepare(&ctx, &shift.via, shift.budget.as_ref())
+            .await
+        {
+            Ok(prepared) => prepared,
             Err(outcome) => return outcome,
         };
         run_shift(ctx, &shift, backend.as_ref(), self.kit.metrics.as_ref()).await
@@ -1547,6 +1560,19 @@ async fn run_shift(
             captured: ctx.output.snapshot(),
             data: data(current, index),
         },
+    }
+}
+
+/// A traffic stage's end: its data with what it printed, or the outcome it stopped with.
+pub(crate) fn finished(ctx: &StageContext, outcome: Result<Value, StageOutcome>) -> StageOutcome {
+    match outcome {
+        Ok(data) => StageOutcome::Succeeded {
+            output: StageOutput {
+                captured: ctx.output.snapshot(),
+                data,
+            },
+        },
+        Err(outcome) => outcome,
     }
 }
 
