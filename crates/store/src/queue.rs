@@ -5,9 +5,11 @@
 //! checks a machine op's decision must pass live here, so stores cannot drift apart on them.
 
 use std::any::Any;
+use std::time::Duration;
 
 use levee_engine::{Change, MachineRecord};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::{
     Admit, Applied, AuditEntry, CreatedRun, Error, MachineOp, MaintenanceRecord, NewDefinition,
@@ -97,6 +99,77 @@ pub(crate) enum Request {
     Close {
         done: oneshot::Sender<()>,
     },
+}
+
+/// What a writer takes into its next transaction.
+pub(crate) struct Gathered {
+    pub(crate) batch: Vec<Write>,
+    /// A write that would have made the batch larger than [`GROUP_COMMIT_MAX_OPS`]: the first
+    /// of the next batch.
+    pub(crate) carried: Option<Write>,
+    /// A close that came after the batch's writes: commit them, then stop.
+    pub(crate) close: Option<oneshot::Sender<()>>,
+}
+
+/// How long a writer may wait for more writes before it begins a batch smaller than its last
+/// one (the callers its last commit answered are likely to write again soon: a VM reporting
+/// step after step, a run committing task after task).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Linger {
+    /// The longest wait, from when the writer starts gathering.
+    pub(crate) wait: Duration,
+    /// Writes in the last batch: the wait ends as soon as the batch has as many.
+    pub(crate) expected: usize,
+}
+
+/// Takes `first` and whatever is queued behind it, up to [`GROUP_COMMIT_MAX_OPS`], into one
+/// batch. With a `linger`, a batch smaller than the last one waits for more writes until it
+/// is as large or the wait is over; without one, it takes only what is already queued.
+pub(crate) async fn gather(
+    rx: &mut mpsc::Receiver<Request>,
+    first: Write,
+    linger: Option<Linger>,
+) -> Gathered {
+    let deadline = linger
+        .filter(|linger| !linger.wait.is_zero())
+        .map(|linger| (Instant::now() + linger.wait, linger.expected));
+    let mut ops = first.ops();
+    let mut gathered = Gathered {
+        batch: vec![first],
+        carried: None,
+        close: None,
+    };
+    while ops < GROUP_COMMIT_MAX_OPS {
+        let request = match rx.try_recv() {
+            Ok(request) => request,
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => match deadline {
+                Some((at, expected)) if gathered.batch.len() < expected => {
+                    match tokio::time::timeout_at(at, rx.recv()).await {
+                        Ok(Some(request)) => request,
+                        // The wait is over, or every sender is gone.
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                _ => break,
+            },
+        };
+        match request {
+            Request::Write(write) => {
+                if ops + write.ops() > GROUP_COMMIT_MAX_OPS {
+                    gathered.carried = Some(write);
+                    break;
+                }
+                ops += write.ops();
+                gathered.batch.push(write);
+            }
+            Request::Close { done } => {
+                gathered.close = Some(done);
+                break;
+            }
+        }
+    }
+    gathered
 }
 
 impl Write {
@@ -268,4 +341,123 @@ pub(crate) fn check_maintenance(maintenance: &MaintenanceRecord) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ping() -> Write {
+        Write::Ping {
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn queue() -> (mpsc::Sender<Request>, mpsc::Receiver<Request>) {
+        mpsc::channel(WRITE_QUEUE_CAPACITY)
+    }
+
+    /// Tokio's timers tick in milliseconds, so the tests' times are whole milliseconds.
+    const WAIT: Duration = Duration::from_millis(30);
+
+    #[tokio::test(start_paused = true)]
+    async fn without_linger_a_batch_is_what_is_queued() {
+        let (tx, mut rx) = queue();
+        for _ in 0..3 {
+            tx.send(Request::Write(ping())).await.unwrap();
+        }
+        let started = Instant::now();
+        let gathered = gather(&mut rx, ping(), None).await;
+        assert_eq!(gathered.batch.len(), 4);
+        assert!(gathered.carried.is_none() && gathered.close.is_none());
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_smaller_than_the_last_waits_for_the_callers_to_come_back() {
+        let (tx, mut rx) = queue();
+        tx.send(Request::Write(ping())).await.unwrap();
+        let late = tx.clone();
+        tokio::spawn(async move {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                late.send(Request::Write(ping())).await.unwrap();
+            }
+        });
+        let started = Instant::now();
+        let linger = Linger {
+            wait: WAIT,
+            expected: 4,
+        };
+        let gathered = gather(&mut rx, ping(), Some(linger)).await;
+        // The first two came back in time; gathering stops as soon as the batch is as large
+        // as the last, without waiting out the rest of the linger.
+        assert_eq!(gathered.batch.len(), 4);
+        assert_eq!(started.elapsed(), Duration::from_millis(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_is_bounded_when_nobody_comes_back() {
+        let (_tx, mut rx) = queue();
+        let started = Instant::now();
+        let linger = Linger {
+            wait: WAIT,
+            expected: 10,
+        };
+        let gathered = gather(&mut rx, ping(), Some(linger)).await;
+        assert_eq!(gathered.batch.len(), 1);
+        assert_eq!(started.elapsed(), WAIT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_caller_never_waits() {
+        let (_tx, mut rx) = queue();
+        let started = Instant::now();
+        let linger = Linger {
+            wait: WAIT,
+            expected: 1,
+        };
+        let gathered = gather(&mut rx, ping(), Some(linger)).await;
+        assert_eq!(gathered.batch.len(), 1);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_ends_the_wait_at_once() {
+        let (tx, mut rx) = queue();
+        let (done, _closed) = oneshot::channel();
+        tx.send(Request::Write(ping())).await.unwrap();
+        tx.send(Request::Close { done }).await.unwrap();
+        tx.send(Request::Write(ping())).await.unwrap();
+        let started = Instant::now();
+        let linger = Linger {
+            wait: WAIT,
+            expected: 10,
+        };
+        let gathered = gather(&mut rx, ping(), Some(linger)).await;
+        assert_eq!(
+            gathered.batch.len(),
+            2,
+            "nothing after the close joins the batch"
+        );
+        assert!(gathered.close.is_some());
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_dropped_while_waiting_ends_the_wait() {
+        let (tx, mut rx) = queue();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            drop(tx);
+        });
+        let started = Instant::now();
+        let linger = Linger {
+            wait: WAIT,
+            expected: 10,
+        };
+        let gathered = gather(&mut rx, ping(), Some(linger)).await;
+        assert_eq!(gathered.batch.len(), 1);
+        assert_eq!(started.elapsed(), Duration::from_millis(5));
+    }
 }

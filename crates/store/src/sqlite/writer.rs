@@ -31,8 +31,8 @@ use super::codec::{
 };
 use super::runs::{RunBatch, write_setting};
 use crate::queue::{
-    GROUP_COMMIT_MAX_OPS, NOT_FOUND, Reply, Request, Write, check_change, named_machines,
-    named_runs, panic_message, push_audit,
+    Gathered, NOT_FOUND, Reply, Request, Write, check_change, gather, named_machines, named_runs,
+    panic_message, push_audit,
 };
 use crate::rows::history_kind_name;
 use crate::{
@@ -123,26 +123,14 @@ impl Writer {
                     None => break,
                 },
             };
-            let mut ops = first.ops();
-            let mut batch = vec![first];
-            let mut close = None;
-            while ops < GROUP_COMMIT_MAX_OPS {
-                match self.rx.try_recv() {
-                    Ok(Request::Write(write)) => {
-                        if ops + write.ops() > GROUP_COMMIT_MAX_OPS {
-                            carried = Some(write);
-                            break;
-                        }
-                        ops += write.ops();
-                        batch.push(write);
-                    }
-                    Ok(Request::Close { done }) => {
-                        close = Some(done);
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
+            // SQLite's one writer sees every write of the server, so what is queued is
+            // already the whole load: no lingering.
+            let Gathered {
+                batch,
+                carried: next,
+                close,
+            } = gather(&mut self.rx, first, None).await;
+            carried = next;
             self.commit_batch(batch).await;
             if let Some(done) = close {
                 if let Some(write) = carried.take() {
