@@ -89,9 +89,10 @@ pub const WRITER_CONNECTION_HOLD_MAX_MS: u64 = 60_000;
 /// commits a third as many writes per transaction: the same load costs three times the
 /// commits, and PostgreSQL's CPU per transition more than doubles. Waiting for the callers the
 /// last commit answered keeps batches as large as the load allows. `levee-bench replicas` on 2
-/// cores shared with PostgreSQL: with 48 clients, 3 replicas went from 0.84x to 1.07x one
-/// replica's transitions/s (and one replica from 13,366 to 15,465); with 16 clients, from
-/// 0.65x to 0.84x. A lone caller's batches are of one write, so it never waits.
+/// cores shared with PostgreSQL and the load, 3 replicas over one replica's transitions/s:
+/// with 48 clients from 0.84-0.86x to 0.97-1.07x (one replica's own rate rose too, 12,700 to
+/// 13,100-15,500); with 16 clients from 0.65-0.72x to 0.86x. A lone caller's batches are of one
+/// write, so it never waits.
 pub const GROUP_COMMIT_LINGER_US: u64 = 3_000;
 
 /// Why a batch stopped: the error its requests get, and whether running it again may work.
