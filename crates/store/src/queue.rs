@@ -360,17 +360,31 @@ mod tests {
     /// Tokio's timers tick in milliseconds, so the tests' times are whole milliseconds.
     const WAIT: Duration = Duration::from_millis(30);
 
+    /// Gathers a batch that starts with a ping, lingering for `expected` writes if given; the
+    /// batch and how long gathering took.
+    async fn gather_timed(
+        rx: &mut mpsc::Receiver<Request>,
+        expected: Option<usize>,
+    ) -> (Gathered, Duration) {
+        let started = Instant::now();
+        let linger = expected.map(|expected| Linger {
+            wait: WAIT,
+            expected,
+        });
+        let gathered = gather(rx, ping(), linger).await;
+        (gathered, started.elapsed())
+    }
+
     #[tokio::test(start_paused = true)]
     async fn without_linger_a_batch_is_what_is_queued() {
         let (tx, mut rx) = queue();
         for _ in 0..3 {
             tx.send(Request::Write(ping())).await.unwrap();
         }
-        let started = Instant::now();
-        let gathered = gather(&mut rx, ping(), None).await;
+        let (gathered, took) = gather_timed(&mut rx, None).await;
         assert_eq!(gathered.batch.len(), 4);
         assert!(gathered.carried.is_none() && gathered.close.is_none());
-        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(took, Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
@@ -384,42 +398,27 @@ mod tests {
                 late.send(Request::Write(ping())).await.unwrap();
             }
         });
-        let started = Instant::now();
-        let linger = Linger {
-            wait: WAIT,
-            expected: 4,
-        };
-        let gathered = gather(&mut rx, ping(), Some(linger)).await;
+        let (gathered, took) = gather_timed(&mut rx, Some(4)).await;
         // The first two came back in time; gathering stops as soon as the batch is as large
         // as the last, without waiting out the rest of the linger.
         assert_eq!(gathered.batch.len(), 4);
-        assert_eq!(started.elapsed(), Duration::from_millis(10));
+        assert_eq!(took, Duration::from_millis(10));
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_wait_is_bounded_when_nobody_comes_back() {
         let (_tx, mut rx) = queue();
-        let started = Instant::now();
-        let linger = Linger {
-            wait: WAIT,
-            expected: 10,
-        };
-        let gathered = gather(&mut rx, ping(), Some(linger)).await;
+        let (gathered, took) = gather_timed(&mut rx, Some(10)).await;
         assert_eq!(gathered.batch.len(), 1);
-        assert_eq!(started.elapsed(), WAIT);
+        assert_eq!(took, WAIT);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_lone_caller_never_waits() {
         let (_tx, mut rx) = queue();
-        let started = Instant::now();
-        let linger = Linger {
-            wait: WAIT,
-            expected: 1,
-        };
-        let gathered = gather(&mut rx, ping(), Some(linger)).await;
+        let (gathered, took) = gather_timed(&mut rx, Some(1)).await;
         assert_eq!(gathered.batch.len(), 1);
-        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(took, Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
@@ -429,19 +428,14 @@ mod tests {
         tx.send(Request::Write(ping())).await.unwrap();
         tx.send(Request::Close { done }).await.unwrap();
         tx.send(Request::Write(ping())).await.unwrap();
-        let started = Instant::now();
-        let linger = Linger {
-            wait: WAIT,
-            expected: 10,
-        };
-        let gathered = gather(&mut rx, ping(), Some(linger)).await;
+        let (gathered, took) = gather_timed(&mut rx, Some(10)).await;
         assert_eq!(
             gathered.batch.len(),
             2,
             "nothing after the close joins the batch"
         );
         assert!(gathered.close.is_some());
-        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(took, Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
@@ -451,13 +445,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
             drop(tx);
         });
-        let started = Instant::now();
-        let linger = Linger {
-            wait: WAIT,
-            expected: 10,
-        };
-        let gathered = gather(&mut rx, ping(), Some(linger)).await;
+        let (gathered, took) = gather_timed(&mut rx, Some(10)).await;
         assert_eq!(gathered.batch.len(), 1);
-        assert_eq!(started.elapsed(), Duration::from_millis(5));
+        assert_eq!(took, Duration::from_millis(5));
     }
 }
